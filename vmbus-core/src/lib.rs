@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only
+//! Portable VMBus protocol core.
+//!
+//! Everything a Hyper-V guest (or a simulated host) needs to speak VMBus,
+//! written as sans-I/O state machines over bytes and a few small traits:
+//!
+//! * [`guid`], [`version`], [`hv`]: identifiers, protocol versions and the
+//!   SynIC / hypercall constants underneath VMBus;
+//! * [`message`]: every channel message (types 1 to 24) with checked parse and emit;
+//! * [`packet`]: ring packet descriptors and their extended headers;
+//! * [`ring`]: the shared ring buffer, a writer half and a reader half;
+//! * [`gpadl`]: splitting page lists into GPADL header and body messages;
+//! * [`reqid`]: transaction-id tables, so a completion is taken only for an
+//!   outstanding id;
+//! * [`client`]: the guest side (contact, offers, open/close, rescind, unload);
+//! * `host` (feature `host`): the same protocol from the host's seat;
+//! * [`platform`]: the traits the OS glue implements (memory, hypervisor).
+//!
+//! The host is untrusted: every value read from a host message or from shared
+//! memory is validated before use, and bad input yields an error value and a
+//! counter, never a panic.
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod guid;
+pub mod hv;
+pub mod message;
+pub mod platform;
+pub mod version;
