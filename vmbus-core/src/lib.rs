@@ -12,6 +12,7 @@
 //! * [`gpadl`]: splitting page lists into GPADL header and body messages;
 //! * [`reqid`]: transaction-id tables, so a completion is taken only for an
 //!   outstanding id;
+//! * [`channel`]: a guest channel endpoint (ring halves + signalling);
 //! * [`client`]: the guest side (contact, offers, open/close, rescind, unload);
 //! * `host` (feature `host`): the same protocol from the host's seat;
 //! * [`platform`]: the traits the OS glue implements (memory, hypervisor).
@@ -28,8 +29,16 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod channel;
+pub mod client;
+pub mod gpadl;
 pub mod guid;
+#[cfg(feature = "host")]
+pub mod host;
 pub mod hv;
 pub mod message;
+pub mod packet;
 pub mod platform;
+pub mod reqid;
+pub mod ring;
 pub mod version;
