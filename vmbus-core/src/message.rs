@@ -484,8 +484,7 @@ const_assert_eq!(size_of::<ModifyChannelResponse>(), 16);
 const_assert_eq!(offset_of!(ModifyChannelResponse, status), 12);
 
 /// PFNs that fit in a GpadlHeader message with one range: (240 - 20 - 8) / 8.
-pub const GPADL_HEADER_MAX_PFNS: usize =
-    (MESSAGE_PAYLOAD_SIZE - size_of::<GpadlHeader>() - size_of::<GpaRange>()) / 8;
+pub const GPADL_HEADER_MAX_PFNS: usize = (MESSAGE_PAYLOAD_SIZE - size_of::<GpadlHeader>() - size_of::<GpaRange>()) / 8;
 /// PFNs that fit in one GpadlBody message: (240 - 16) / 8.
 pub const GPADL_BODY_MAX_PFNS: usize = (MESSAGE_PAYLOAD_SIZE - size_of::<GpadlBody>()) / 8;
 const_assert_eq!(GPADL_HEADER_MAX_PFNS, 26);
@@ -613,9 +612,11 @@ impl core::fmt::Display for MessageError {
 }
 
 fn read<T: FromBytes>(bytes: &[u8], msgtype: MessageType) -> Result<T, MessageError> {
-    T::read_from_prefix(bytes)
-        .map(|(v, _)| v)
-        .map_err(|_| MessageError::TooShort { msgtype, len: bytes.len(), min: size_of::<T>() })
+    T::read_from_prefix(bytes).map(|(v, _)| v).map_err(|_| MessageError::TooShort {
+        msgtype,
+        len: bytes.len(),
+        min: size_of::<T>(),
+    })
 }
 
 impl<'a> ChannelMessage<'a> {
@@ -792,7 +793,13 @@ impl core::fmt::Debug for OutgoingMessage {
 impl InitiateContact {
     /// InitiateContact for `version`. From 5.0 on the union carries
     /// `msg_sint`; before, the interrupt page GPA.
-    pub fn new(version: Version, target_vcpu: u32, msg_sint: u8, interrupt_page: u64, monitor_pages: (u64, u64)) -> Self {
+    pub fn new(
+        version: Version,
+        target_vcpu: u32,
+        msg_sint: u8,
+        interrupt_page: u64,
+        monitor_pages: (u64, u64),
+    ) -> Self {
         let union = if version.uses_msg_sint() { Self::sint_union(msg_sint, 0) } else { U64::new(interrupt_page) };
         InitiateContact {
             header: MessageHeader::new(MessageType::INITIATE_CONTACT),
