@@ -1047,6 +1047,9 @@ impl Server {
     pub fn handle_guest_message(&mut self, connection_id: u32, bytes: &[u8]) -> HostResult {
         let typ = MessageHeader::read_from_prefix(bytes).ok().map(|(h, _)| h.msgtype);
         let slot = typ.and_then(HostCounters::slot);
+        if let Some(i) = slot {
+            self.counters.received[i] += 1;
+        }
         if self.faults.silent {
             self.counters.ignored_silent += 1;
             return Err(HostError::Silent);
@@ -1077,6 +1080,12 @@ impl Server {
     }
 
     fn dispatch(&mut self, connection_id: u32, bytes: &[u8]) -> HostResult {
+        // A real hypercall layer refuses a post on an invalid connection id
+        // before the server sees it; check that first so nothing else
+        // (not even a failure reply) results from such a post.
+        if !self.is_valid_message_connection(connection_id) {
+            return Err(HostError::WrongConnection(connection_id));
+        }
         let msg = match ChannelMessage::parse(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -1085,12 +1094,6 @@ impl Server {
             }
         };
         let t = msg.message_type();
-        if let Some(i) = HostCounters::slot(t) {
-            self.counters.received[i] += 1;
-        }
-        if !self.is_valid_message_connection(connection_id) {
-            return Err(HostError::WrongConnection(connection_id));
-        }
         let version = match (&self.connection, &msg) {
             (_, ChannelMessage::InitiateContact(c)) => {
                 return self.on_initiate_contact(connection_id, c);
@@ -1464,13 +1467,14 @@ impl Server {
         }
         let relid = m.child_relid;
         let vp_count = self.config.vp_count;
+        let fail = self.faults.fail_modify.filter(|&s| s != 0);
         let check = match self.channels.get_mut(&relid) {
             None => Err(HostError::UnknownRelid(relid)),
             Some(c) if c.rescinded => Err(HostError::Rescinded(relid)),
             Some(_) if m.target_vp >= vp_count => Err(HostError::BadTargetVp(m.target_vp)),
             Some(c) => match &mut c.state {
                 ChannelState::Open(p) => {
-                    if self.faults.fail_modify.is_none() {
+                    if fail.is_none() {
                         p.target_vp = m.target_vp;
                     }
                     Ok(())
@@ -1478,7 +1482,7 @@ impl Server {
                 _ => Err(HostError::NotOpen(relid)),
             },
         };
-        let status = match (&check, self.faults.fail_modify) {
+        let status = match (&check, fail) {
             (Err(_), _) => STATUS_UNSUCCESSFUL,
             (Ok(()), Some(s)) => s,
             (Ok(()), None) => 0,
