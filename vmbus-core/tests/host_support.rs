@@ -162,6 +162,8 @@ pub fn gpadl_messages(relid: u32, handle: u32, base_pfn: u64, pages: usize) -> V
 
 /// Creates a GPADL and checks the success reply.
 pub fn create_gpadl(s: &mut Server, relid: u32, handle: u32, pages: usize) {
+    // Only the events of this creation are checked below.
+    events(s);
     for m in gpadl_messages(relid, handle, 0x1000, pages) {
         post_raw(s, &m).unwrap();
     }
