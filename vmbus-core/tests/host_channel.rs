@@ -7,9 +7,7 @@
 mod support;
 
 use support::*;
-use vmbus_core::host::{
-    ChannelState, HostApiError, HostError, ReplyKinds, Server, ServerEvent, STATUS_UNSUCCESSFUL,
-};
+use vmbus_core::host::{ChannelState, HostApiError, HostError, ReplyKinds, Server, ServerEvent, STATUS_UNSUCCESSFUL};
 use vmbus_core::message::{ChannelMessage, MessageType, OpenResult};
 use vmbus_core::version::Version;
 

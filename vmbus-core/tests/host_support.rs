@@ -194,7 +194,10 @@ pub fn open_msg(relid: u32, openid: u32, gpadl: u32, offset: u32, vp: u32) -> Ch
 }
 
 pub fn close_msg(relid: u32) -> ChannelMessage<'static> {
-    ChannelMessage::CloseChannel(CloseChannel { header: MessageHeader::new(MessageType::CLOSE_CHANNEL), child_relid: relid })
+    ChannelMessage::CloseChannel(CloseChannel {
+        header: MessageHeader::new(MessageType::CLOSE_CHANNEL),
+        child_relid: relid,
+    })
 }
 
 pub fn teardown_msg(relid: u32, handle: u32) -> ChannelMessage<'static> {
@@ -206,7 +209,10 @@ pub fn teardown_msg(relid: u32, handle: u32) -> ChannelMessage<'static> {
 }
 
 pub fn released_msg(relid: u32) -> ChannelMessage<'static> {
-    ChannelMessage::RelidReleased(RelidReleased { header: MessageHeader::new(MessageType::RELID_RELEASED), child_relid: relid })
+    ChannelMessage::RelidReleased(RelidReleased {
+        header: MessageHeader::new(MessageType::RELID_RELEASED),
+        child_relid: relid,
+    })
 }
 
 pub fn modify_msg(relid: u32, vp: u32) -> ChannelMessage<'static> {
