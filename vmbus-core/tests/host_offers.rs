@@ -140,6 +140,7 @@ fn rescind_of_unseen_offer_just_removes_it() {
     s.rescind(r).unwrap();
     assert!(drain(&mut s).is_empty());
     assert!(s.channel(r).is_none());
+    assert_eq!(events(&mut s), vec![ServerEvent::OfferRemoved { relid: r }]);
     assert_eq!(offer(&mut s, 2), r, "relid free again");
     assert_eq!(s.rescind(77), Err(HostApiError::UnknownRelid(77)));
 }

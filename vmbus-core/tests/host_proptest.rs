@@ -163,6 +163,7 @@ fn check_invariants(s: &Server) {
         }
         if s.connection().is_none() {
             assert!(!c.is_rescinded(), "rescinded channel survived disconnect");
+            assert!(!c.is_offered());
             assert!(matches!(c.state(), ChannelState::Closed));
         }
     }
@@ -279,6 +280,7 @@ proptest! {
         prop_assert_eq!(s.pending_gpadl_count(), 0);
         prop_assert_eq!(s.gpadl_page_total(), 0);
         prop_assert!(s.relids().all(|r| !s.channel(r).unwrap().is_rescinded()));
+        prop_assert!(s.relids().all(|r| s.channel(r).unwrap().offer().sub_channel_index == 0));
     }
 
     #[test]

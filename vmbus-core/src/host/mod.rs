@@ -680,6 +680,14 @@ pub enum ServerEvent {
         /// Relid.
         relid: u32,
     },
+    /// A channel is gone without a RelidReleased: a rescinded offer the
+    /// guest never saw, or, at Unload / [`Server::reset`], a rescinded
+    /// channel or a sub-channel (sub-channels are re-requested by the
+    /// device protocol after re-contact). Its relid is free.
+    OfferRemoved {
+        /// Relid.
+        relid: u32,
+    },
     /// The guest unloaded; every channel is closed and every GPADL gone.
     Unloaded,
 }
@@ -985,6 +993,7 @@ impl Server {
         }
         if !channel.offered {
             self.remove_channel(relid);
+            self.event(ServerEvent::OfferRemoved { relid });
             return Ok(());
         }
         channel.rescinded = true;
@@ -1019,8 +1028,10 @@ impl Server {
         Ok(())
     }
 
-    /// Drops every channel (as if the guest had unloaded, without the reply)
-    /// and every GPADL, with events; used by a simulated host reset.
+    /// Back to the disconnected state as if the guest had unloaded (without
+    /// the reply and the [`ServerEvent::Unloaded`] event): channels closed,
+    /// GPADLs, rescinded channels and sub-channels dropped, with events.
+    /// Used by a simulated host or VM reset.
     pub fn reset(&mut self) {
         self.drop_connection_state();
         self.connection = Connection::Disconnected;
@@ -1056,8 +1067,9 @@ impl Server {
         Some(p)
     }
 
-    /// Closes every channel, drops every GPADL and rescinded channel, and
-    /// marks live offers as not yet sent (they are re-offered after re-contact).
+    /// Closes every channel, drops every GPADL, every rescinded channel and
+    /// every sub-channel, and marks the remaining (primary) offers as not yet
+    /// sent: they are re-offered after re-contact.
     fn drop_connection_state(&mut self) {
         let relids: Vec<u32> = self.channels.keys().copied().collect();
         for relid in relids {
@@ -1065,12 +1077,13 @@ impl Server {
             let was_active = !matches!(c.state, ChannelState::Closed);
             c.state = ChannelState::Closed;
             c.offered = false;
-            let rescinded = c.rescinded;
+            let remove = c.rescinded || c.offer.sub_channel_index != 0;
             if was_active {
                 self.event(ServerEvent::Closed { relid });
             }
-            if rescinded {
+            if remove {
                 self.channels.remove(&relid);
+                self.event(ServerEvent::OfferRemoved { relid });
             }
         }
         let handles: Vec<u32> = self.gpadls.keys().copied().collect();
