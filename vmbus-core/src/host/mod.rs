@@ -1466,6 +1466,11 @@ impl Server {
             self.send_gpadl_created(relid, handle, status);
             return Ok(());
         }
+        // Several GPADLs may have been pending when the last slot was taken.
+        if self.gpadls.len() >= self.config.max_gpadls {
+            self.send_gpadl_created(relid, handle, STATUS_INSUFFICIENT_RESOURCES);
+            return Err(HostError::GpadlLimit { handle });
+        }
         let gpadl = Gpadl { handle, relid, ranges };
         self.gpadl_pages += gpadl.page_count();
         self.gpadls.insert(handle, gpadl);
