@@ -3,6 +3,7 @@
 //! `host_*.rs` test file). Guest messages are built by hand from the
 //! `message.rs` structs, never through the guest's own GPADL code, so a bug
 //! shared by both sides cannot hide.
+#![cfg(feature = "host")]
 #![allow(dead_code)]
 
 use vmbus_core::guid::Guid;
