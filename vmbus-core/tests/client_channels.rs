@@ -62,7 +62,7 @@ fn bad_offers_are_rejected_and_counted() {
     for (i, (bytes, kind)) in cases.iter().enumerate() {
         let e = h.feed(bytes).unwrap_err();
         assert_eq!(e.reject_kind(), Some(*kind), "case {i}: {e}");
-        assert_eq!(h.client.counters().rejected(*kind) > 0, true);
+        assert!(h.client.counters().rejected(*kind) > 0);
     }
     // Duplicate sub-channel index.
     h.feed(&offer(8, NET, instance(1), 1)).unwrap();
@@ -109,12 +109,11 @@ fn offers_before_request_are_unexpected() {
 fn gpadl_message_counts_and_pfns() {
     let mut h = Harness::connected();
     h.offer_primary(5);
-    let mut expected_handle = FIRST_GPADL_HANDLE;
-    for (pages, count) in [(1usize, 1usize), (26, 1), (27, 2), (54, 2), (55, 3), (300, 11)] {
+    let cases = [(1usize, 1usize), (26, 1), (27, 2), (54, 2), (55, 3), (300, 11)];
+    for (expected_handle, (pages, count)) in (FIRST_GPADL_HANDLE..).zip(cases) {
         let pfns: Vec<u64> = (0..pages as u64).map(|i| 0x10_0000 + i * 3).collect();
         let (handle, posted) = h.create_gpadl(5, &pfns);
         assert_eq!(handle, expected_handle);
-        expected_handle += 1;
         assert_eq!(posted.len(), count, "{pages} pages");
         assert!(posted.iter().all(|p| p.conn == HOST_CONN_ID && p.bytes.len() <= 240));
         let (relid, gh, buflen, rangecount, words) = reassemble(&posted);
