@@ -137,6 +137,8 @@ impl fmt::Display for GpadlError {
     }
 }
 
+impl core::error::Error for GpadlError {}
+
 /// The ranges of one GPADL: a single range (what Linux and FreeBSD send) or
 /// several.
 #[derive(Clone, Copy, Debug)]

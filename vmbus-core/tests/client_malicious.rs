@@ -446,5 +446,7 @@ fn rescinded_statuses_are_reported() {
     assert!(ev.contains(&ClientEvent::GpadlTornDown { relid: 1, handle: done, status: OpStatus::Rescinded }));
     assert!(ev.contains(&ClientEvent::ModifyChannelResponse { relid: 1, status: OpStatus::Rescinded }));
     assert_eq!(ev.len(), 4);
+    assert!(ev.iter().all(|e| e.relid() == Some(1)));
+    assert_eq!(ClientEvent::UnloadComplete.relid(), None);
     assert_eq!(h.client.counters().cancelled_operations, 3);
 }
