@@ -113,6 +113,14 @@ pub enum MsgnumberRule {
         /// msgnumber of the first body message.
         first: u32,
     },
+    /// The default: the bodies of one GPADL carry either `first`, `first + 1`,
+    /// ... in order (what this crate's guest sends) or all 0 (Linux and
+    /// FreeBSD leave the field zeroed). Mixing the two is refused. Bodies are
+    /// taken in arrival order either way.
+    SequentialOrZero {
+        /// msgnumber of the first body message in the numbered form.
+        first: u32,
+    },
     /// msgnumber is not checked (bodies are still taken in arrival order).
     Ignore,
 }
@@ -162,7 +170,7 @@ impl Default for ServerConfig {
             max_gpadl_pages: 1 << 18,
             max_gpadls: 4096,
             max_pending_gpadls: 64,
-            msgnumber_rule: MsgnumberRule::Sequential { first: 1 },
+            msgnumber_rule: MsgnumberRule::SequentialOrZero { first: 1 },
             outbox_capacity: 4096,
             event_capacity: 16384,
             auto_accept_open: false,
@@ -1415,17 +1423,7 @@ impl Server {
             self.send_gpadl_created(relid, handle, STATUS_INSUFFICIENT_RESOURCES);
             return Err(HostError::GpadlLimit { handle });
         }
-        let first = match self.config.msgnumber_rule {
-            MsgnumberRule::Sequential { first } => first,
-            MsgnumberRule::Ignore => 0,
-        };
-        let mut pending = PendingGpadl {
-            relid,
-            rangecount: m.fixed.rangecount,
-            declared_len,
-            bytes: Vec::new(),
-            next_msgnumber: first,
-        };
+        let mut pending = PendingGpadl::new(relid, m.fixed.rangecount, declared_len, self.config.msgnumber_rule);
         // `parse` guarantees range_bytes is no longer than range_buflen.
         if pending.append(handle, m.range_bytes).is_err() {
             self.send_gpadl_created(relid, handle, STATUS_UNSUCCESSFUL);
@@ -1444,11 +1442,12 @@ impl Server {
         };
         let relid = pending.relid;
         let step = match rule {
-            MsgnumberRule::Sequential { .. } if m.fixed.msgnumber != pending.next_msgnumber => {
-                Err(HostError::GpadlBadMsgnumber { handle, expected: pending.next_msgnumber, got: m.fixed.msgnumber })
+            MsgnumberRule::Ignore => Ok(()),
+            MsgnumberRule::Sequential { .. } | MsgnumberRule::SequentialOrZero { .. } => {
+                pending.check_msgnumber(handle, m.fixed.msgnumber)
             }
-            _ => pending.append(handle, m.pfn_bytes),
-        };
+        }
+        .and_then(|()| pending.append(handle, m.pfn_bytes));
         if let Err(e) = step {
             self.abort_pending(handle);
             self.send_gpadl_created(relid, handle, STATUS_UNSUCCESSFUL);
@@ -1638,7 +1637,9 @@ mod tests {
     }
 
     fn pending(rangecount: u16, bytes: Vec<u8>) -> PendingGpadl {
-        PendingGpadl { relid: 1, rangecount, declared_len: bytes.len(), bytes, next_msgnumber: 1 }
+        let mut p = PendingGpadl::new(1, rangecount, bytes.len(), MsgnumberRule::Sequential { first: 1 });
+        p.bytes = bytes;
+        p
     }
 
     fn range(byte_offset: u32, byte_count: u32, pfns: &[u64]) -> Vec<u8> {
@@ -1669,7 +1670,7 @@ mod tests {
 
     #[test]
     fn append_never_exceeds_the_declared_length() {
-        let mut p = PendingGpadl { relid: 1, rangecount: 1, declared_len: 16, bytes: Vec::new(), next_msgnumber: 1 };
+        let mut p = PendingGpadl::new(1, 1, 16, MsgnumberRule::Sequential { first: 1 });
         p.append(5, &[0; 8]).unwrap();
         assert_eq!(p.append(5, &[0; 16]), Err(HostError::GpadlTooManyPfns { handle: 5 }));
         assert_eq!(p.bytes.len(), 8);
