@@ -375,3 +375,45 @@ fn fail_gpadl_fault() {
     s.faults_mut().fail_gpadl = None;
     create_gpadl(&mut s, r, 1, 30);
 }
+
+proptest::proptest! {
+    /// Default rule: bodies numbered 1, 2, ... or all 0 build the GPADL; a
+    /// GPADL whose bodies mix the two forms is refused at the first body that
+    /// breaks both, with a failure reply and nothing left pending.
+    #[test]
+    fn default_rule_body_numbering(
+        pages in 55usize..300,
+        mode in 0u8..3,
+        pick in proptest::prelude::any::<proptest::sample::Index>(),
+    ) {
+        let (mut s, r) = setup();
+        let pfns: Vec<u64> = (0..pages as u64).map(|i| 0x4_0000 + i).collect();
+        let mut msgs = gpadl_messages_range(r, 0x99, 0, (pages * 4096) as u32, &pfns, 1);
+        let bodies = msgs.len() - 1;
+        proptest::prop_assert!(bodies >= 2);
+        let mixed_at = pick.index(bodies);
+        match mode {
+            0 => {}
+            1 => number_bodies(&mut msgs, 0),
+            _ => msgs[1 + mixed_at][8..12].copy_from_slice(&0u32.to_le_bytes()),
+        }
+        // A zeroed first body picks the all-zero form; the next numbered one breaks it.
+        let refused_body = (mode == 2).then_some(mixed_at.max(1));
+        for (i, m) in msgs.iter().enumerate() {
+            let res = post_raw(&mut s, m);
+            if refused_body.map(|b| b + 1) == Some(i) {
+                let is_bad_msgnumber = matches!(res, Err(HostError::GpadlBadMsgnumber { handle: 0x99, .. }));
+                proptest::prop_assert!(is_bad_msgnumber, "{:?}", res);
+                proptest::prop_assert_eq!(created_status(&mut s).2, vmbus_core::host::STATUS_UNSUCCESSFUL);
+                proptest::prop_assert_eq!(s.pending_gpadl_count(), 0);
+                proptest::prop_assert_eq!(s.gpadl_page_total(), 0);
+                return Ok(());
+            }
+            proptest::prop_assert_eq!(res, Ok(()));
+        }
+        proptest::prop_assert!(refused_body.is_none());
+        proptest::prop_assert_eq!(created_status(&mut s), (r, 0x99, 0));
+        proptest::prop_assert_eq!(s.gpadl(0x99).unwrap().pfns().collect::<Vec<_>>(), pfns);
+        proptest::prop_assert_eq!(s.gpadl_page_total(), pages);
+    }
+}
