@@ -355,7 +355,9 @@ pub enum HostError {
     OpenPending(u32),
     /// CloseChannel / ModifyChannel for a channel that is not open.
     NotOpen(u32),
-    /// RelidReleased for a channel that was not rescinded.
+    /// RelidReleased for a channel that was not rescinded and is in use
+    /// (open, opening or holding GPADLs). An unused channel may be released:
+    /// the guest declines the offer.
     NotRescinded(u32),
     /// OpenChannel ring-offset problem: the offset must leave at least one
     /// header page and one data page on each side.
@@ -440,7 +442,7 @@ impl fmt::Display for HostError {
             HostError::AlreadyOpen(r) => write!(f, "relid {r} already open"),
             HostError::OpenPending(r) => write!(f, "relid {r} has an open pending"),
             HostError::NotOpen(r) => write!(f, "relid {r} not open"),
-            HostError::NotRescinded(r) => write!(f, "relid {r} released but not rescinded"),
+            HostError::NotRescinded(r) => write!(f, "relid {r} released while in use and not rescinded"),
             HostError::BadRingOffset { relid, offset, pages } => {
                 write!(f, "relid {relid}: ring offset {offset} invalid in a {pages}-page GPADL")
             }
@@ -593,7 +595,8 @@ impl Channel {
     pub fn is_open(&self) -> bool {
         matches!(self.state, ChannelState::Open(_))
     }
-    /// Whether the offer was sent to the guest on this connection.
+    /// Whether the offer was sent to the guest on this connection (and not
+    /// declined by an early RelidReleased).
     pub fn is_offered(&self) -> bool {
         self.offered
     }
@@ -1511,7 +1514,21 @@ impl Server {
         let relid = m.child_relid;
         let channel = self.guest_channel(relid).ok_or(HostError::UnknownRelid(relid))?;
         if !channel.rescinded {
-            return Err(HostError::NotRescinded(relid));
+            // A guest that could not take an offer (Linux: the channel
+            // allocation failed) releases its relid at once. Such a channel
+            // is unused: closed, without GPADLs. It stays with its device and
+            // is offered again on the next connection; on this one the guest
+            // does not know it. A channel in use is refused.
+            let in_use = !matches!(channel.state, ChannelState::Closed)
+                || self.gpadls.values().any(|g| g.relid == relid)
+                || self.pending_gpadls.values().any(|p| p.relid == relid);
+            if in_use {
+                return Err(HostError::NotRescinded(relid));
+            }
+            if let Some(c) = self.channels.get_mut(&relid) {
+                c.offered = false;
+            }
+            return Ok(());
         }
         // A guest that releases without closing or tearing down gets its
         // channel closed and its GPADLs dropped here, so nothing leaks.
