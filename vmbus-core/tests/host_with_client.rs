@@ -208,3 +208,168 @@ fn client_falls_back_to_the_servers_newest_version() {
     assert_eq!(p.client.msg_conn_id(), 1);
     assert_eq!(p.server.counters().versions_refused, 2);
 }
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Guest operations on the `n`-th channel of the client's table.
+    CreateGpadl {
+        n: usize,
+        pages: usize,
+    },
+    Open {
+        n: usize,
+        offset: u32,
+    },
+    Close(usize),
+    Teardown {
+        n: usize,
+        k: usize,
+    },
+    Modify {
+        n: usize,
+        vp: u32,
+    },
+    Release(usize),
+    /// Host actions on the `n`-th relid of the server.
+    AddOffer(u8),
+    Subchannels {
+        n: usize,
+        count: u16,
+    },
+    Rescind(usize),
+    CompleteOpen {
+        n: usize,
+        ok: bool,
+    },
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0usize..6, 1usize..90).prop_map(|(n, pages)| Step::CreateGpadl { n, pages }),
+        3 => (0usize..6, 1u32..8).prop_map(|(n, offset)| Step::Open { n, offset }),
+        2 => (0usize..6).prop_map(Step::Close),
+        2 => (0usize..6, 0usize..3).prop_map(|(n, k)| Step::Teardown { n, k }),
+        1 => (0usize..6, 0u32..4).prop_map(|(n, vp)| Step::Modify { n, vp }),
+        2 => (0usize..6).prop_map(Step::Release),
+        1 => (0u8..4).prop_map(Step::AddOffer),
+        1 => (0usize..6, 0u16..3).prop_map(|(n, count)| Step::Subchannels { n, count }),
+        1 => (0usize..6).prop_map(Step::Rescind),
+        3 => (0usize..6, proptest::bool::weighted(0.8)).prop_map(|(n, ok)| Step::CompleteOpen { n, ok }),
+    ]
+}
+
+fn nth<T: Copy>(items: impl Iterator<Item = T>, n: usize) -> Option<T> {
+    let v: Vec<T> = items.collect();
+    (!v.is_empty()).then(|| v[n % v.len()])
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+    /// A well-behaved guest and the host, driven by random guest operations
+    /// and host actions (offers, sub-channels, rescinds, open answers), never
+    /// disagree: neither side rejects a message, and an unload leaves both
+    /// with nothing in use.
+    #[test]
+    fn random_lives_never_disagree(version in 0usize..4, steps in proptest::collection::vec(step(), 1..60)) {
+        let version = [Version::WIN10_V5_3, Version::WIN10_V5, Version::WIN10_V4_1, Version::WIN8_1][version];
+        let mut p = Pair::new(&[version]);
+        p.server.add_offer(net(1)).unwrap();
+        p.server.add_offer(net(2)).unwrap();
+        p.client.start(&p.wire).unwrap();
+        p.pump();
+        p.client.request_offers(&p.wire).unwrap();
+        p.pump();
+        let pfns: Vec<u64> = (0..90).map(|i| 0x20_0000 + i).collect();
+        let mut sizes = std::collections::HashMap::new();
+        for s in steps {
+            let relid = |p: &Pair, n: usize| nth(p.client.channels().map(|c| c.relid), n);
+            let host_relid = |p: &Pair, n: usize| nth(p.server.relids(), n);
+            // Refusals of local calls are fine: they post nothing.
+            match s {
+                Step::CreateGpadl { n, pages } => if let Some(r) = relid(&p, n) {
+                    if let Ok(h) = p.client.create_gpadl(r, GpaRangeRef::whole_pages(&pfns[..pages]), &p.wire) {
+                        sizes.insert(h, pages as u32);
+                    }
+                },
+                Step::Open { n, offset } => if let Some(r) = relid(&p, n) {
+                    let created = nth(p.client.gpadls(r).filter(|g| g.1 == vmbus_core::client::GpadlState::Created).map(|g| g.0), 0);
+                    // Only rings of at least 4 pages, split where both halves have 2.
+                    let ring = created.filter(|h| sizes[h] >= 4);
+                    if let Some(ring) = ring {
+                        let offset = 2 + offset % (sizes[&ring] - 3);
+                        let o = OpenParams { ring_gpadl: ring, downstream_page_offset: offset, target_vp: 1, user_data: &[] };
+                        let _ = p.client.open_channel(r, &o, &p.wire);
+                    }
+                },
+                Step::Close(n) => if let Some(r) = relid(&p, n) {
+                    let _ = p.client.close_channel(r, &p.wire);
+                },
+                Step::Teardown { n, k } => if let Some(r) = relid(&p, n) {
+                    if let Some((h, _)) = nth(p.client.gpadls(r), k) {
+                        let _ = p.client.teardown_gpadl(r, h, &p.wire);
+                    }
+                },
+                Step::Modify { n, vp } => if let Some(r) = relid(&p, n) {
+                    let _ = p.client.modify_channel(r, vp, &p.wire);
+                },
+                Step::Release(n) => if let Some(r) = relid(&p, n) {
+                    let _ = p.client.release_relid(r, &p.wire);
+                },
+                Step::AddOffer(i) => { let _ = p.server.add_offer(net(10 + i)); }
+                Step::Subchannels { n, count } => if let Some(r) = host_relid(&p, n) {
+                    let _ = p.server.offer_subchannels(r, count);
+                },
+                Step::Rescind(n) => if let Some(r) = host_relid(&p, n) {
+                    let _ = p.server.rescind(r);
+                },
+                Step::CompleteOpen { n, ok } => if let Some(r) = host_relid(&p, n) {
+                    let _ = p.server.complete_open(r, if ok { 0 } else { 0xC000_0001 });
+                },
+            }
+            p.pump();
+            // The two views of every channel agree.
+            for c in p.client.channels() {
+                let hc = p.server.channel(c.relid).expect("client knows a relid the host dropped");
+                proptest::prop_assert_eq!(c.rescinded, hc.is_rescinded());
+                proptest::prop_assert!(hc.is_offered());
+                // A rescinded channel may be closed and its GPADLs released
+                // locally by the guest only.
+                if !c.rescinded {
+                    let client_state = match c.state {
+                        vmbus_core::client::ChannelState::Closed => 0,
+                        vmbus_core::client::ChannelState::Opening { .. } => 1,
+                        vmbus_core::client::ChannelState::Open { .. } => 2,
+                    };
+                    let host_state = match hc.state() {
+                        vmbus_core::host::ChannelState::Closed => 0,
+                        vmbus_core::host::ChannelState::Opening(_) => 1,
+                        vmbus_core::host::ChannelState::Open(_) => 2,
+                    };
+                    proptest::prop_assert_eq!(client_state, host_state, "relid {}", c.relid);
+                    // Every GPADL was answered, and both sides hold the same ones.
+                    let mut mine: Vec<(u32, vmbus_core::client::GpadlState)> = p.client.gpadls(c.relid).collect();
+                    mine.sort_by_key(|g| g.0);
+                    let mut theirs: Vec<(u32, vmbus_core::client::GpadlState)> = p
+                        .server
+                        .gpadls()
+                        .filter(|g| g.relid == c.relid)
+                        .map(|g| (g.handle, vmbus_core::client::GpadlState::Created))
+                        .collect();
+                    theirs.sort_by_key(|g| g.0);
+                    proptest::prop_assert_eq!(mine, theirs, "relid {}", c.relid);
+                }
+            }
+        }
+        if version.supports_unload() {
+            p.client.unload(&p.wire).unwrap();
+            p.pump();
+            proptest::prop_assert_eq!(p.client.channels().count(), 0);
+            proptest::prop_assert_eq!(p.server.gpadls().count(), 0);
+            proptest::prop_assert_eq!(p.server.pending_gpadl_count(), 0);
+        }
+        proptest::prop_assert_eq!(p.server.counters().total_rejected(), 0);
+        proptest::prop_assert_eq!(p.client.counters().handled, p.client.counters().messages);
+    }
+}
