@@ -147,7 +147,8 @@ pub struct ServerConfig {
     pub max_gpadls: usize,
     /// Bound on GPADLs whose body messages are still outstanding.
     pub max_pending_gpadls: usize,
-    /// GpadlBody msgnumber rule.
+    /// GpadlBody msgnumber rule (default [`MsgnumberRule::SequentialOrZero`] from 1,
+    /// which takes both this crate's numbered bodies and Linux's zeroed ones).
     pub msgnumber_rule: MsgnumberRule,
     /// Capacity of the outgoing-message queue.
     pub outbox_capacity: usize,
