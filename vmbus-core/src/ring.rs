@@ -290,12 +290,7 @@ pub mod protocol {
     /// Clears the interrupt mask and returns the write index seen after it
     /// (validated): if it differs from our read position, data arrived while
     /// the mask was set and the caller must drain again.
-    pub fn end_read<C: ControlWords>(
-        c: &C,
-        size: u32,
-        committed_read: u32,
-        next_read: u32,
-    ) -> Result<u32, Corruption> {
+    pub fn end_read<C: ControlWords>(c: &C, size: u32, committed_read: u32, next_read: u32) -> Result<u32, Corruption> {
         // Release: a writer that sees mask = 0 also sees our read_index.
         c.store_interrupt_mask(0, Ordering::Release);
         // Store mask, then load write_index (module docs, point 2).
@@ -813,13 +808,8 @@ impl RingWriter {
         if s.next_write == s.committed_write {
             return Ok(false);
         }
-        let r = protocol::writer_commit(
-            &s.mem.control(),
-            s.mem.data_size,
-            s.cached_read,
-            s.committed_write,
-            s.next_write,
-        );
+        let r =
+            protocol::writer_commit(&s.mem.control(), s.mem.data_size, s.cached_read, s.committed_write, s.next_write);
         let s = &mut *self.state;
         s.committed_write = s.next_write;
         s.counters.commits += 1;
