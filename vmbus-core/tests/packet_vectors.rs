@@ -201,12 +201,13 @@ fn transfer_page_vector() {
     let h = TransferPageHeader::read_from_prefix(&v.bytes).unwrap().0;
     assert_eq!(h.reserved as u64, v.int("reserved"));
     // Encode from the fields.
-    let mut enc = TransferPageHeader::default();
-    enc.descriptor = PacketDescriptor::new(PacketType(7), p.flags, p.trans_id, offset8 * 8, p.payload.len()).unwrap();
-    enc.transfer_page_set_id.set(t.transfer_page_set_id);
-    enc.sender_owns_set = 1;
-    enc.reserved = h.reserved;
-    enc.range_count.set(1);
+    let enc = TransferPageHeader {
+        descriptor: PacketDescriptor::new(PacketType(7), p.flags, p.trans_id, offset8 * 8, p.payload.len()).unwrap(),
+        transfer_page_set_id: t.transfer_page_set_id.into(),
+        sender_owns_set: 1,
+        reserved: h.reserved,
+        range_count: 1u32.into(),
+    };
     let mut bytes = enc.as_bytes().to_vec();
     bytes.extend_from_slice(t.ranges[0].as_bytes());
     assert_eq!(bytes, v.bytes);
@@ -216,8 +217,9 @@ fn transfer_page_vector() {
 #[test]
 fn gpa_direct_vectors() {
     let file = vectors_file();
-    // (name, per-range pfn paths)
-    let cases: [(&str, Vec<(&str, &str, Vec<String>)>); 2] = [
+    // (vector, [(len path, offset path, pfn paths)] per range)
+    type RangePaths = Vec<(&'static str, &'static str, Vec<String>)>;
+    let cases: [(&str, RangePaths); 2] = [
         (
             "gpa_direct_mpb_header_3_pfns",
             vec![("range.len", "range.offset", (0..3).map(|i| format!("range.pfn_array[{i}]")).collect())],
