@@ -27,3 +27,10 @@ for v in doc["vectors"]:
     # A SynIC slot: type 1 (VMBus), payload_size, flags 0, reserved, sender 0, payload.
     slot = struct.pack("<IBBHQ", 1, len(msg), 0, 0, 0) + msg + bytes(240 - len(msg))
     open(f"corpus/synic_message/{v['name']}", "wb").write(slot)
+
+# Ring packets for packet_parse (the control page is not a packet).
+ring = json.load(open(os.path.join(shared, "vectors", "ring-packets.json")))
+os.makedirs("corpus/packet_parse", exist_ok=True)
+for v in ring["vectors"]:
+    if v["struct"] != "hv_ring_buffer":
+        open(f"corpus/packet_parse/{v['name']}", "wb").write(bytes.fromhex(v["hex"]))
