@@ -5,8 +5,7 @@ use arbitrary::Arbitrary;
 use vmbus_core::hv::{MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_4, MESSAGE_PAYLOAD_SIZE};
 use vmbus_core::message::{
     ChannelMessage, CloseChannel, GpaRange, GpadlBody, GpadlHeader, GpadlTeardown, InitiateContact, MessageHeader,
-    MessageType, ModifyChannel, OpenChannel, OutgoingMessage, RelidReleased, TlConnectRequest,
-    MAX_USER_DEFINED_BYTES,
+    MessageType, ModifyChannel, OpenChannel, OutgoingMessage, RelidReleased, TlConnectRequest, MAX_USER_DEFINED_BYTES,
 };
 use vmbus_core::version::Version;
 use zerocopy::IntoBytes;
