@@ -85,7 +85,7 @@ fuzz_target!(|input: Input| {
             Op::ReadRaw(n) => {
                 let n = (*n as usize).min(buf.len());
                 if let Ok(Some(len)) = reader.read_raw(&mut buf[..n]) {
-                    assert!(len <= n && len >= DESCRIPTOR_SIZE && len % 8 == 0);
+                    assert!(len <= n && len >= DESCRIPTOR_SIZE && len.is_multiple_of(8));
                     assert!(len + TRAILER_SIZE < data_size, "packet of {len} bytes read from a {data_size}-byte ring");
                 }
             }
@@ -145,6 +145,6 @@ fuzz_target!(|input: Input| {
     let commits = reader.counters().commits;
     if reader.corruption().is_none() && reader.commit().is_ok() && reader.counters().commits > commits {
         let r = ring.peek_control(ring_control::READ_INDEX) as usize;
-        assert!(r < data_size && r % 8 == 0, "published read index {r}");
+        assert!(r < data_size && r.is_multiple_of(8), "published read index {r}");
     }
 });

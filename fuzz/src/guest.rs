@@ -109,6 +109,9 @@ impl RangeIn {
     }
 }
 
+/// A range record and its PFNs.
+pub type RangeWithPfns = (GpaRange, Vec<u64>);
+
 /// A whole GPADL, split into a header and body messages the way a guest does.
 #[derive(Arbitrary, Debug, Clone)]
 pub struct GpadlIn {
@@ -129,9 +132,9 @@ pub struct GpadlIn {
 }
 
 impl GpadlIn {
-    /// The ranges as records, and the messages.
-    pub fn build(&self, relids: &[u32]) -> (u32, Vec<(GpaRange, Vec<u64>)>, Vec<Vec<u8>>) {
-        let ranges: Vec<(GpaRange, Vec<u64>)> = self.ranges.iter().take(4).map(RangeIn::build).collect();
+    /// The handle, the ranges (record and PFNs each), and the messages.
+    pub fn build(&self, relids: &[u32]) -> (u32, Vec<RangeWithPfns>, Vec<Vec<u8>>) {
+        let ranges: Vec<RangeWithPfns> = self.ranges.iter().take(4).map(RangeIn::build).collect();
         let mut words = Vec::new();
         for (r, pfns) in &ranges {
             words.extend_from_slice(r.as_bytes());
