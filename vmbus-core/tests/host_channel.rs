@@ -7,9 +7,7 @@
 mod support;
 
 use support::*;
-use vmbus_core::host::{
-    ChannelState, HostApiError, HostError, ReplyKinds, Server, ServerEvent, STATUS_UNSUCCESSFUL,
-};
+use vmbus_core::host::{ChannelState, HostApiError, HostError, ReplyKinds, Server, ServerEvent, STATUS_UNSUCCESSFUL};
 use vmbus_core::message::{ChannelMessage, MessageType, OpenResult};
 use vmbus_core::version::Version;
 
@@ -232,6 +230,7 @@ fn unload_drops_everything_and_recontact_reoffers() {
     post_raw(&mut s, &gpadl_messages(b, 0x21, 0, 50)[0]).unwrap();
     let c = offer(&mut s, 3);
     s.rescind(c).unwrap();
+    let subs = s.offer_subchannels(a, 2).unwrap();
     drain(&mut s);
     post(&mut s, &ChannelMessage::Unload).unwrap();
     assert_eq!(types(&drain(&mut s)), vec![MessageType::UNLOAD_RESPONSE]);
@@ -245,6 +244,12 @@ fn unload_drops_everything_and_recontact_reoffers() {
     assert_eq!(s.pending_gpadl_count(), 0);
     assert_eq!(s.gpadl_page_total(), 0);
     assert!(s.channel(c).is_none(), "rescinded channel dropped with the connection");
+    assert!(ev.contains(&ServerEvent::OfferRemoved { relid: c }));
+    for sub in &subs {
+        assert!(s.channel(*sub).is_none(), "sub-channels are re-requested after re-contact");
+        assert!(ev.contains(&ServerEvent::OfferRemoved { relid: *sub }));
+    }
+    assert!(!ev.contains(&ServerEvent::OfferRemoved { relid: a }));
     assert!(s.is_valid_message_connection(4));
     assert_eq!(post(&mut s, &ChannelMessage::RequestOffers), Err(HostError::NotConnected(MessageType::REQUEST_OFFERS)));
     // Re-contact (a different version this time) re-offers the live channels.
@@ -256,8 +261,13 @@ fn unload_drops_everything_and_recontact_reoffers() {
         vec![MessageType::OFFER_CHANNEL, MessageType::OFFER_CHANNEL, MessageType::ALL_OFFERS_DELIVERED]
     );
     assert_eq!(s.channel(a).unwrap().state(), ChannelState::Closed);
-    // The old handle is free again.
+    // The old handle is free again, and sub-channel indexes start over.
     create_gpadl(&mut s, a, ha, 8);
+    s.offer_subchannels(a, 1).unwrap();
+    match parse(&drain(&mut s)[0]) {
+        ChannelMessage::OfferChannel(o) => assert_eq!(o.sub_channel_index, 1),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -261,6 +261,27 @@ fn page_and_count_limits() {
 }
 
 #[test]
+fn count_limit_is_checked_again_at_completion() {
+    let mut s = server_with(|c| {
+        c.max_gpadls = 1;
+        c.max_pending_gpadls = 2;
+    });
+    connect_and_request(&mut s);
+    let r = offer(&mut s, 1);
+    drain(&mut s);
+    let a = gpadl_messages(r, 1, 0, 30);
+    let b = gpadl_messages(r, 2, 0, 30);
+    post_raw(&mut s, &a[0]).unwrap();
+    post_raw(&mut s, &b[0]).unwrap();
+    post_raw(&mut s, &a[1]).unwrap();
+    assert_eq!(created_status(&mut s), (r, 1, 0));
+    assert_eq!(post_raw(&mut s, &b[1]), Err(HostError::GpadlLimit { handle: 2 }));
+    assert_eq!(created_status(&mut s), (r, 2, STATUS_INSUFFICIENT_RESOURCES));
+    assert_eq!(s.gpadls().count(), 1);
+    assert_eq!(s.gpadl_page_total(), 30);
+}
+
+#[test]
 fn teardown_checks_owner_and_reports() {
     let mut s = server();
     connect_and_request(&mut s);

@@ -60,7 +60,10 @@ fn custom_msg_conn_id_is_returned_and_enforced() {
     let mut s = server_with(|c| c.msg_conn_id = 0x77);
     connect(&mut s, Version::WIN10_V5_1);
     assert_eq!(conn(&s), 0x77);
-    assert_eq!(s.handle_guest_message(0x2A, &bytes_of(&ChannelMessage::RequestOffers)), Err(HostError::WrongConnection(0x2A)));
+    assert_eq!(
+        s.handle_guest_message(0x2A, &bytes_of(&ChannelMessage::RequestOffers)),
+        Err(HostError::WrongConnection(0x2A))
+    );
     assert_eq!(s.counters().wrong_connection, 1);
     assert!(drain(&mut s).is_empty());
     s.handle_guest_message(0x77, &bytes_of(&ChannelMessage::RequestOffers)).unwrap();
@@ -97,14 +100,14 @@ fn refused_versions_then_fallback() {
     assert!(s.is_valid_message_connection(MESSAGE_CONNECTION_ID));
     let v53 = bytes_of(&ChannelMessage::InitiateContact(initiate_contact(Version::WIN10_V5_3)));
     assert_eq!(s.handle_guest_message(MESSAGE_CONNECTION_ID_4, &v53), Err(HostError::WrongConnection(4)));
-    for v in [Version::WIN10_V4_1] {
+    for v in [Version::new(4, 7), Version::WIN10_V4_1] {
         post(&mut s, &ChannelMessage::InitiateContact(initiate_contact(v))).unwrap();
         let r = version_response(&mut s);
         assert_eq!(r.version_supported, 0);
         assert_eq!(r.msg_conn_id, 0);
         assert!(s.connection().is_none());
     }
-    assert_eq!(s.counters().versions_refused, 1);
+    assert_eq!(s.counters().versions_refused, 2);
     post(&mut s, &ChannelMessage::InitiateContact(initiate_contact(Version::WIN10))).unwrap();
     assert_eq!(version_response(&mut s).version_supported, 1);
     assert_eq!(s.connection().unwrap().version, Version::WIN10);

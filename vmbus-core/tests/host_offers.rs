@@ -140,6 +140,7 @@ fn rescind_of_unseen_offer_just_removes_it() {
     s.rescind(r).unwrap();
     assert!(drain(&mut s).is_empty());
     assert!(s.channel(r).is_none());
+    assert_eq!(events(&mut s), vec![ServerEvent::OfferRemoved { relid: r }]);
     assert_eq!(offer(&mut s, 2), r, "relid free again");
     assert_eq!(s.rescind(77), Err(HostApiError::UnknownRelid(77)));
 }
@@ -285,4 +286,118 @@ fn rescind_mid_gpadl_then_body_is_still_handled() {
     post(&mut s, &teardown_msg(r, 0x50)).unwrap();
     assert_eq!(types(&drain(&mut s)), vec![MessageType::GPADL_TORNDOWN]);
     assert_eq!(s.channel(r).unwrap().state(), ChannelState::Closed);
+}
+
+/// Drives one channel through its life and rescinds it after step `k`, then
+/// lets a well-behaved guest clean up (finish the GPADL it started, close,
+/// tear down, release). Whatever the step, nothing is left behind.
+#[test]
+fn rescind_at_every_step() {
+    const STEPS: usize = 9;
+    for k in 0..STEPS {
+        let mut s = server();
+        let mut offered = false;
+        let mut gpadl_msgs_sent = 0usize;
+        let msgs = gpadl_messages(1, 0x99, 0x500, 60);
+        let mut relid = 0;
+        let mut open_state = 0; // 0 closed, 1 opening, 2 open
+        let mut gpadl_live = false;
+        for step in 0..=k {
+            match step {
+                0 => relid = offer(&mut s, 1),
+                1 => connect(&mut s, Version::WIN10_V5_3),
+                2 => {
+                    post(&mut s, &ChannelMessage::RequestOffers).unwrap();
+                    offered = true;
+                }
+                3 => {
+                    post_raw(&mut s, &msgs[0]).unwrap();
+                    gpadl_msgs_sent = 1;
+                }
+                4 => {
+                    for m in &msgs[1..] {
+                        post_raw(&mut s, m).unwrap();
+                    }
+                    gpadl_msgs_sent = msgs.len();
+                    gpadl_live = true;
+                }
+                5 => {
+                    post(&mut s, &open_msg(relid, 1, 0x99, 30, 0)).unwrap();
+                    open_state = 1;
+                }
+                6 => {
+                    s.complete_open(relid, 0).unwrap();
+                    open_state = 2;
+                }
+                7 => {
+                    post(&mut s, &close_msg(relid)).unwrap();
+                    open_state = 0;
+                }
+                8 => {
+                    post(&mut s, &teardown_msg(relid, 0x99)).unwrap();
+                    gpadl_live = false;
+                }
+                _ => unreachable!(),
+            }
+        }
+        drain(&mut s);
+        events(&mut s);
+        s.rescind(relid).unwrap();
+        let out = drain(&mut s);
+        let ev = events(&mut s);
+        if offered {
+            assert_eq!(types(&out), vec![MessageType::RESCIND_CHANNEL_OFFER], "step {k}");
+        } else {
+            assert!(out.is_empty(), "step {k}");
+            assert!(s.channel(relid).is_none(), "step {k}");
+            assert_eq!(ev, vec![ServerEvent::OfferRemoved { relid }]);
+            continue;
+        }
+        if open_state == 1 {
+            assert_eq!(ev, vec![ServerEvent::Closed { relid }], "pending open cancelled at step {k}");
+            assert_eq!(s.complete_open(relid, 0), Err(HostApiError::NoOpenPending(relid)));
+        }
+        // Guest cleanup, as Linux does it after a rescind.
+        if gpadl_msgs_sent > 0 && gpadl_msgs_sent < msgs.len() {
+            for m in &msgs[gpadl_msgs_sent..] {
+                post_raw(&mut s, m).unwrap();
+            }
+            gpadl_live = true;
+        }
+        // Close whatever the state: closing a rescinded channel that is not
+        // open is accepted too.
+        let was_open = s.channel(relid).unwrap().is_open();
+        assert_eq!(was_open, open_state == 2, "step {k}");
+        post(&mut s, &close_msg(relid)).unwrap();
+        assert_eq!(events(&mut s).contains(&ServerEvent::Closed { relid }), was_open, "step {k}");
+        if gpadl_live {
+            post(&mut s, &teardown_msg(relid, 0x99)).unwrap();
+        }
+        let out = drain(&mut s);
+        assert!(!types(&out).contains(&MessageType::OPEN_CHANNEL_RESULT), "no OpenResult after a rescind (step {k})");
+        assert_eq!(types(&out).contains(&MessageType::GPADL_TORNDOWN), gpadl_live, "step {k}");
+        post(&mut s, &released_msg(relid)).unwrap();
+        assert!(s.channel(relid).is_none(), "step {k}");
+        assert_eq!(s.gpadls().count(), 0, "step {k}");
+        assert_eq!(s.pending_gpadl_count(), 0, "step {k}");
+        assert_eq!(s.gpadl_page_total(), 0, "step {k}");
+        assert_eq!(s.counters().total_rejected(), 0, "a well-behaved guest is never refused (step {k})");
+        assert_eq!(offer(&mut s, 2), relid, "relid reusable after release (step {k})");
+    }
+}
+
+#[test]
+fn relids_not_offered_yet_are_unknown_to_the_guest() {
+    let mut s = server();
+    let r = offer(&mut s, 1);
+    connect(&mut s, Version::WIN10_V5_3);
+    // The guest guesses relid 1 before asking for offers.
+    assert_eq!(post_raw(&mut s, &gpadl_messages(r, 1, 0, 8)[0]), Err(HostError::UnknownRelid(r)));
+    assert_eq!(post(&mut s, &open_msg(r, 1, 1, 4, 0)), Err(HostError::UnknownRelid(r)));
+    assert_eq!(post(&mut s, &close_msg(r)), Err(HostError::UnknownRelid(r)));
+    assert_eq!(post(&mut s, &modify_msg(r, 0)), Err(HostError::UnknownRelid(r)));
+    drain(&mut s);
+    post(&mut s, &ChannelMessage::RequestOffers).unwrap();
+    drain(&mut s);
+    create_gpadl(&mut s, r, 1, 8);
 }

@@ -3,6 +3,7 @@
 //! `host_*.rs` test file). Guest messages are built by hand from the
 //! `message.rs` structs, never through the guest's own GPADL code, so a bug
 //! shared by both sides cannot hide.
+#![cfg(feature = "host")]
 #![allow(dead_code)]
 
 use vmbus_core::guid::Guid;
@@ -194,7 +195,10 @@ pub fn open_msg(relid: u32, openid: u32, gpadl: u32, offset: u32, vp: u32) -> Ch
 }
 
 pub fn close_msg(relid: u32) -> ChannelMessage<'static> {
-    ChannelMessage::CloseChannel(CloseChannel { header: MessageHeader::new(MessageType::CLOSE_CHANNEL), child_relid: relid })
+    ChannelMessage::CloseChannel(CloseChannel {
+        header: MessageHeader::new(MessageType::CLOSE_CHANNEL),
+        child_relid: relid,
+    })
 }
 
 pub fn teardown_msg(relid: u32, handle: u32) -> ChannelMessage<'static> {
@@ -206,7 +210,10 @@ pub fn teardown_msg(relid: u32, handle: u32) -> ChannelMessage<'static> {
 }
 
 pub fn released_msg(relid: u32) -> ChannelMessage<'static> {
-    ChannelMessage::RelidReleased(RelidReleased { header: MessageHeader::new(MessageType::RELID_RELEASED), child_relid: relid })
+    ChannelMessage::RelidReleased(RelidReleased {
+        header: MessageHeader::new(MessageType::RELID_RELEASED),
+        child_relid: relid,
+    })
 }
 
 pub fn modify_msg(relid: u32, vp: u32) -> ChannelMessage<'static> {
