@@ -527,3 +527,58 @@ fn channel_receiver_reports_corruption() {
     assert!(rx.poll(&hv, 10, |_| {}).is_err());
     assert!(rx.poll(&hv, 10, |_| {}).is_err(), "sticky");
 }
+
+// ------------------------------------------------------------------- setup
+
+#[test]
+fn ring_memory_rejects_bad_geometry() {
+    use std::ptr::NonNull;
+    use vmbus_core::ring::{Mapping, RingMemory, RingSetupError};
+    let mut page = vec![0u8; 3 * 4096];
+    let base = page.as_mut_ptr();
+    let aligned = base.wrapping_add(base.align_offset(4096));
+    let header = NonNull::new(aligned).unwrap();
+    let data = NonNull::new(aligned.wrapping_add(4096)).unwrap();
+    let odd = NonNull::new(aligned.wrapping_add(8)).unwrap();
+    // SAFETY: the constructor fails before anything could use the pointers;
+    // the successful call's value is dropped without building halves.
+    unsafe {
+        for size in [0usize, 100, 4095, 4097] {
+            assert_eq!(
+                RingMemory::new(header, data, size, Mapping::Plain).unwrap_err(),
+                RingSetupError::BadDataSize { data_size: size }
+            );
+        }
+        assert!(matches!(
+            RingMemory::new(header, data, 1 << 31, Mapping::Double),
+            Err(RingSetupError::BadDataSize { .. })
+        ));
+        assert_eq!(RingMemory::new(odd, data, 4096, Mapping::Plain).unwrap_err(), RingSetupError::Misaligned);
+        assert_eq!(RingMemory::new(header, odd, 4096, Mapping::Plain).unwrap_err(), RingSetupError::Misaligned);
+        assert_eq!(RingMemory::new(header, data, 4096, Mapping::Plain).unwrap().data_size(), 4096);
+    }
+    assert!(OwnedRing::new(0).is_none());
+}
+
+#[test]
+fn corrupt_write_index_in_end_read_and_pending_commit() {
+    // end_read re-reads write_index and validates it.
+    let mut ring = OwnedRing::new(1).unwrap();
+    ring.reader.begin_read();
+    ring.poke_control(ring_control::WRITE_INDEX, 4100);
+    assert_eq!(ring.reader.end_read(), Err(Corruption::WriteIndexOutOfRange { value: 4100 }));
+    assert!(matches!(ring.reader.read(&mut [0u8; 64]), Err(ReadError::Corrupt(_))));
+
+    // The pending-size decision in commit re-reads write_index too.
+    let mut ring = OwnedRing::new(1).unwrap();
+    let mut buf = vec![0u8; 256];
+    write_inband(&mut ring, 1, &[0u8; 40]).unwrap();
+    write_inband(&mut ring, 2, &[0u8; 40]).unwrap();
+    ring.writer.commit().unwrap();
+    read_one(&mut ring, &mut buf).unwrap();
+    ring.poke_control(ring_control::PENDING_SEND_SIZE, 4000);
+    // Claims the writer is at 32, behind the 64 bytes we just consumed.
+    ring.poke_control(ring_control::WRITE_INDEX, 32);
+    assert_eq!(ring.reader.commit(), Err(Corruption::WriteIndexInconsistent { value: 32 }));
+    assert_eq!(ring.reader.corruption(), Some(Corruption::WriteIndexInconsistent { value: 32 }));
+}
