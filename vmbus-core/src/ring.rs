@@ -572,6 +572,13 @@ pub enum WriteError {
     Corrupt(Corruption),
 }
 
+impl WriteError {
+    /// Whether this is the (non-corruption) "ring full, retry later" outcome.
+    pub fn is_full(&self) -> bool {
+        matches!(self, WriteError::Full { .. })
+    }
+}
+
 impl fmt::Display for WriteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -596,6 +603,14 @@ pub enum ReadError {
     /// The packet's framing was fine but its extended header was not; it
     /// was skipped.
     Malformed(PacketError),
+}
+
+impl ReadError {
+    /// Whether the ring is now (stickily) corrupt, as opposed to one packet
+    /// having been skipped.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, ReadError::Corrupt(_))
+    }
 }
 
 impl fmt::Display for ReadError {

@@ -582,3 +582,38 @@ fn corrupt_write_index_in_end_read_and_pending_commit() {
     assert_eq!(ring.reader.commit(), Err(Corruption::WriteIndexInconsistent { value: 32 }));
     assert_eq!(ring.reader.corruption(), Some(Corruption::WriteIndexInconsistent { value: 32 }));
 }
+
+#[test]
+fn channel_sender_gpa_direct() {
+    let hv = CountingHv::default();
+    let mut ring = OwnedRing::new(2).unwrap();
+    let (writer, host_reader, _) = ring.halves();
+    let mut sender = ChannelSender::new(writer, 1);
+    let pfns = [0x100u64, 0x101, 0x102];
+    let ranges = [PageRange { len: 8192, offset: 100, pfns: &pfns }];
+    let mut scratch = [0u8; 64];
+    sender.send_gpa_direct(FLAG_COMPLETION_REQUESTED, 42, &ranges, b"request", &mut scratch).unwrap();
+    // Too small a scratch buffer is a typed error, not a panic.
+    let err = sender.send_gpa_direct(0, 43, &ranges, b"x", &mut scratch[..16]).unwrap_err();
+    assert_eq!(err, vmbus_core::channel::ChannelError::Packet(PacketError::BufferTooSmall { needed: 56 }));
+    // A PFN list that does not match the range is refused.
+    let bad = [PageRange { len: 8192, offset: 100, pfns: &pfns[..2] }];
+    assert!(sender.send_gpa_direct(0, 44, &bad, b"x", &mut scratch).is_err());
+    assert!(sender.flush(&hv).unwrap());
+    let mut buf = vec![0u8; 256];
+    let p = host_reader.read(&mut buf).unwrap().unwrap();
+    assert_eq!((p.packet_type, p.trans_id), (PacketType::DATA_GPA_DIRECT, 42));
+    assert_eq!(&p.payload[..7], b"request");
+    let ExtendedHeader::GpaDirect(g) = p.extended else { panic!("type") };
+    let r = g.ranges().next().unwrap();
+    assert_eq!((r.len, r.offset, r.pfns.len(), r.pfns[2].get()), (8192, 100, 3, 0x102));
+    assert!(host_reader.read(&mut buf).unwrap().is_none());
+}
+
+#[test]
+fn outcome_helpers() {
+    assert!(WriteError::Full { needed: 8, free: 8 }.is_full());
+    assert!(!WriteError::Corrupt(Corruption::ReadIndexUnaligned { value: 1 }).is_full());
+    assert!(ReadError::Corrupt(Corruption::WriteIndexUnaligned { value: 1 }).is_corrupt());
+    assert!(!ReadError::TooLarge { len: 8 }.is_corrupt());
+}
