@@ -108,23 +108,27 @@ fn two_threads(size: usize, batch: usize, duration: Duration) -> Result {
                 if reader.end_read().unwrap() {
                     continue;
                 }
+                let mut idle = 0u32;
                 while reader.available_bytes().unwrap() == 0 {
                     if done.load(Ordering::Acquire) && reader.available_bytes().unwrap() == 0 {
                         received.store(total, Ordering::Release);
                         return;
                     }
-                    std::hint::spin_loop();
+                    backoff(&mut idle);
                 }
             }
         });
         let mut sent = 0u64;
         let mut i = 0u32;
+        let mut idle = 0u32;
         loop {
             let n = write_batch(writer, &header, &payload, batch);
             writer.commit().unwrap();
             sent += n as u64;
             if n < batch {
-                std::hint::spin_loop();
+                backoff(&mut idle);
+            } else {
+                idle = 0;
             }
             i = i.wrapping_add(1);
             if i % 64 == 0 && start.elapsed() >= duration {
@@ -137,6 +141,17 @@ fn two_threads(size: usize, batch: usize, duration: Duration) -> Result {
     let elapsed = start.elapsed();
     assert_eq!(received.load(Ordering::Acquire), sent, "reader saw every packet");
     Result { packets: sent, elapsed, signals }
+}
+
+/// Spin a little, then yield: on an oversubscribed machine a pure spin
+/// burns the time slice the peer thread needs.
+fn backoff(idle: &mut u32) {
+    *idle += 1;
+    if *idle < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
 }
 
 /// Baseline: copy the payload into a 1 MiB buffer (at a moving offset) and
