@@ -13,6 +13,30 @@
 //!   interrupt mask re-check, pending-send-size crossing) behind a small
 //!   trait so that the very same code is model-checked with loom.
 //!
+//! ```
+//! # #[cfg(feature = "alloc")] {
+//! use vmbus_core::packet::{inband_header, PacketType};
+//! use vmbus_core::ring::OwnedRing;
+//!
+//! // Private memory for the example; a driver builds its halves with
+//! // `RingMemory::new` over the pages it shares with the host.
+//! let mut ring = OwnedRing::new(4).unwrap();
+//! let header = inband_header(PacketType::DATA_INBAND, 0, 7, 5).unwrap();
+//! ring.writer.write(&[&header, b"hello"]).unwrap();
+//! let signal_reader = ring.writer.commit().unwrap(); // empty -> non-empty
+//! assert!(signal_reader);
+//!
+//! let mut buf = [0u8; 256]; // private copy, sized for the largest packet
+//! ring.reader.begin_read();
+//! while let Some(packet) = ring.reader.read(&mut buf).unwrap() {
+//!     assert_eq!(&packet.payload[..5], b"hello");
+//! }
+//! let signal_writer = ring.reader.commit().unwrap(); // only if it asked for space
+//! assert!(!signal_writer);
+//! assert!(!ring.reader.end_read().unwrap()); // true would mean: drain again
+//! # }
+//! ```
+//!
 //! The peer is untrusted. Every index it writes is validated on every load;
 //! a packet whose framing is out of range is corruption. Corruption puts the
 //! half into a sticky error state: every later call returns the same error,
@@ -765,7 +789,7 @@ impl RingWriter {
             desc[filled..filled + n].copy_from_slice(&seg[..n]);
             filled += n;
         }
-        let total: usize = segments.iter().map(|s| s.len()).sum();
+        let total = segments.iter().fold(0usize, |acc, s| acc.saturating_add(s.len()));
         let offset8 = u16::from_le_bytes([desc[2], desc[3]]);
         let len8 = u16::from_le_bytes([desc[4], desc[5]]);
         if filled < DESCRIPTOR_SIZE || offset8 < 2 || offset8 > len8 || len8 as usize != total.div_ceil(8) {
@@ -779,7 +803,7 @@ impl RingWriter {
     /// length still has to be at least 16 and fit the ring.
     pub fn write_raw(&mut self, segments: &[&[u8]]) -> Result<(), WriteError> {
         self.check_sticky().map_err(WriteError::Corrupt)?;
-        let total: usize = segments.iter().map(|s| s.len()).sum();
+        let total = segments.iter().fold(0usize, |acc, s| acc.saturating_add(s.len()));
         let padded = total.div_ceil(8) * 8;
         let needed = padded + TRAILER_SIZE;
         if total < DESCRIPTOR_SIZE || padded > MAX_PACKET_LEN || needed >= self.state.mem.data_size as usize {
