@@ -169,42 +169,44 @@ fn no_lost_wakeup_pending_send_size() {
     });
 }
 
+/// The production protocol with the fences removed, for the control tests.
+struct NoFence(LoomControl);
+impl ControlWords for NoFence {
+    fn load_write_index(&self, o: Ordering) -> u32 {
+        self.0.load_write_index(o)
+    }
+    fn store_write_index(&self, v: u32, o: Ordering) {
+        self.0.store_write_index(v, o)
+    }
+    fn load_read_index(&self, o: Ordering) -> u32 {
+        self.0.load_read_index(o)
+    }
+    fn store_read_index(&self, v: u32, o: Ordering) {
+        self.0.store_read_index(v, o)
+    }
+    fn load_interrupt_mask(&self, o: Ordering) -> u32 {
+        self.0.load_interrupt_mask(o)
+    }
+    fn store_interrupt_mask(&self, v: u32, o: Ordering) {
+        self.0.store_interrupt_mask(v, o)
+    }
+    fn load_pending_send_size(&self, o: Ordering) -> u32 {
+        self.0.load_pending_send_size(o)
+    }
+    fn store_pending_send_size(&self, v: u32, o: Ordering) {
+        self.0.store_pending_send_size(v, o)
+    }
+    fn load_feature_bits(&self, o: Ordering) -> u32 {
+        self.0.load_feature_bits(o)
+    }
+    fn fence_seq_cst(&self) {}
+}
+
 /// Control: without the fences the pattern is known to lose wake-ups; loom
 /// must find that, which shows the checks above are not vacuous.
 #[test]
 #[should_panic(expected = "lost wake-up")]
 fn control_without_fences_loses_wakeups() {
-    struct NoFence(LoomControl);
-    impl ControlWords for NoFence {
-        fn load_write_index(&self, o: Ordering) -> u32 {
-            self.0.load_write_index(o)
-        }
-        fn store_write_index(&self, v: u32, o: Ordering) {
-            self.0.store_write_index(v, o)
-        }
-        fn load_read_index(&self, o: Ordering) -> u32 {
-            self.0.load_read_index(o)
-        }
-        fn store_read_index(&self, v: u32, o: Ordering) {
-            self.0.store_read_index(v, o)
-        }
-        fn load_interrupt_mask(&self, o: Ordering) -> u32 {
-            self.0.load_interrupt_mask(o)
-        }
-        fn store_interrupt_mask(&self, v: u32, o: Ordering) {
-            self.0.store_interrupt_mask(v, o)
-        }
-        fn load_pending_send_size(&self, o: Ordering) -> u32 {
-            self.0.load_pending_send_size(o)
-        }
-        fn store_pending_send_size(&self, v: u32, o: Ordering) {
-            self.0.store_pending_send_size(v, o)
-        }
-        fn load_feature_bits(&self, o: Ordering) -> u32 {
-            self.0.load_feature_bits(o)
-        }
-        fn fence_seq_cst(&self) {}
-    }
     model(|| {
         let c = Arc::new(NoFence(LoomControl::new(4032, 0)));
         let signalled = Arc::new(AtomicBool::new(false));
@@ -217,5 +219,26 @@ fn control_without_fences_loses_wakeups() {
         let free = SIZE - (4032 - read);
         reader.join().unwrap();
         assert!(free > 64 || signalled.load(Ordering::Relaxed), "lost wake-up");
+    });
+}
+
+/// Control for the interrupt-mask side: without fences the writer can miss
+/// the cleared mask while the reader misses the new write index.
+#[test]
+#[should_panic(expected = "lost wake-up")]
+fn control_mask_without_fences_loses_wakeups() {
+    model(|| {
+        let c = Arc::new(NoFence(LoomControl::new(0, 0)));
+        // The reader is mid-poll with the mask set.
+        c.0.mask.store(1, Ordering::Relaxed);
+        let signalled = Arc::new(AtomicBool::new(false));
+        let (c2, s2) = (c.clone(), signalled.clone());
+        let writer = thread::spawn(move || {
+            let r = protocol::writer_commit(&*c2, SIZE, 0, 0, 64).expect("valid read index");
+            s2.store(r.signal, Ordering::Relaxed);
+        });
+        let w = protocol::end_read(&*c, SIZE, 0, 0).expect("valid");
+        writer.join().unwrap();
+        assert!(w == 64 || signalled.load(Ordering::Relaxed), "lost wake-up");
     });
 }
