@@ -13,6 +13,30 @@
 //!   interrupt mask re-check, pending-send-size crossing) behind a small
 //!   trait so that the very same code is model-checked with loom.
 //!
+//! ```
+//! # #[cfg(feature = "alloc")] {
+//! use vmbus_core::packet::{inband_header, PacketType};
+//! use vmbus_core::ring::OwnedRing;
+//!
+//! // Private memory for the example; a driver builds its halves with
+//! // `RingMemory::new` over the pages it shares with the host.
+//! let mut ring = OwnedRing::new(4).unwrap();
+//! let header = inband_header(PacketType::DATA_INBAND, 0, 7, 5).unwrap();
+//! ring.writer.write(&[&header, b"hello"]).unwrap();
+//! let signal_reader = ring.writer.commit().unwrap(); // empty -> non-empty
+//! assert!(signal_reader);
+//!
+//! let mut buf = [0u8; 256]; // private copy, sized for the largest packet
+//! ring.reader.begin_read();
+//! while let Some(packet) = ring.reader.read(&mut buf).unwrap() {
+//!     assert_eq!(&packet.payload[..5], b"hello");
+//! }
+//! let signal_writer = ring.reader.commit().unwrap(); // only if it asked for space
+//! assert!(!signal_writer);
+//! assert!(!ring.reader.end_read().unwrap()); // true would mean: drain again
+//! # }
+//! ```
+//!
 //! The peer is untrusted. Every index it writes is validated on every load;
 //! a packet whose framing is out of range is corruption. Corruption puts the
 //! half into a sticky error state: every later call returns the same error,
@@ -46,6 +70,18 @@ const fn ring_distance(from: u32, to: u32, size: u32) -> u32 {
         to - from
     } else {
         size - from + to
+    }
+}
+
+/// `(pos + n) mod size` for `pos < size` and `n <= size` (no division on
+/// the data path; `size <= u32::MAX / 2` so the sum cannot overflow).
+#[inline]
+const fn advance(pos: u32, n: u32, size: u32) -> u32 {
+    let x = pos + n;
+    if x >= size {
+        x - size
+    } else {
+        x
     }
 }
 
@@ -560,6 +596,13 @@ pub enum WriteError {
     Corrupt(Corruption),
 }
 
+impl WriteError {
+    /// Whether this is the (non-corruption) "ring full, retry later" outcome.
+    pub fn is_full(&self) -> bool {
+        matches!(self, WriteError::Full { .. })
+    }
+}
+
 impl fmt::Display for WriteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -584,6 +627,14 @@ pub enum ReadError {
     /// The packet's framing was fine but its extended header was not; it
     /// was skipped.
     Malformed(PacketError),
+}
+
+impl ReadError {
+    /// Whether the ring is now (stickily) corrupt, as opposed to one packet
+    /// having been skipped.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, ReadError::Corrupt(_))
+    }
 }
 
 impl fmt::Display for ReadError {
@@ -738,7 +789,7 @@ impl RingWriter {
             desc[filled..filled + n].copy_from_slice(&seg[..n]);
             filled += n;
         }
-        let total: usize = segments.iter().map(|s| s.len()).sum();
+        let total = segments.iter().fold(0usize, |acc, s| acc.saturating_add(s.len()));
         let offset8 = u16::from_le_bytes([desc[2], desc[3]]);
         let len8 = u16::from_le_bytes([desc[4], desc[5]]);
         if filled < DESCRIPTOR_SIZE || offset8 < 2 || offset8 > len8 || len8 as usize != total.div_ceil(8) {
@@ -752,7 +803,7 @@ impl RingWriter {
     /// length still has to be at least 16 and fit the ring.
     pub fn write_raw(&mut self, segments: &[&[u8]]) -> Result<(), WriteError> {
         self.check_sticky().map_err(WriteError::Corrupt)?;
-        let total: usize = segments.iter().map(|s| s.len()).sum();
+        let total = segments.iter().fold(0usize, |acc, s| acc.saturating_add(s.len()));
         let padded = total.div_ceil(8) * 8;
         let needed = padded + TRAILER_SIZE;
         if total < DESCRIPTOR_SIZE || padded > MAX_PACKET_LEN || needed >= self.state.mem.data_size as usize {
@@ -774,15 +825,15 @@ impl RingWriter {
         let mut pos = start;
         for seg in segments.iter().filter(|s| !s.is_empty()) {
             s.mem.copy_in(pos, seg);
-            pos = (pos + seg.len() as u32) % size;
+            pos = advance(pos, seg.len() as u32, size);
         }
         let pad = padded - total;
         if pad != 0 {
             s.mem.copy_in(pos, &[0u8; 8][..pad]);
-            pos = (pos + pad as u32) % size;
+            pos = advance(pos, pad as u32, size);
         }
         s.mem.copy_in(pos, &((start as u64) << 32).to_le_bytes());
-        s.next_write = (start + needed) % size;
+        s.next_write = advance(start, needed, size);
         s.counters.packets += 1;
         s.counters.bytes += padded as u64;
         Ok(())
@@ -993,7 +1044,7 @@ impl RingReader {
             return Err(ReadError::Corrupt(self.fail(Corruption::PacketBeyondWriteIndex { needed, available })));
         }
         let s = &mut *self.state;
-        s.next_read = (start + needed) % size;
+        s.next_read = advance(start, needed, size);
         s.counters.packets += 1;
         s.counters.bytes += len as u64;
         let Some(dst) = buf.get_mut(..len) else {
@@ -1002,7 +1053,7 @@ impl RingReader {
         };
         let (head, rest) = dst.split_at_mut(DESCRIPTOR_SIZE);
         head.copy_from_slice(&desc);
-        s.mem.copy_out((start + DESCRIPTOR_SIZE as u32) % size, rest);
+        s.mem.copy_out(advance(start, DESCRIPTOR_SIZE as u32, size), rest);
         Ok(Some(len))
     }
 
