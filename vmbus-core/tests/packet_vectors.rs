@@ -5,7 +5,8 @@
 
 use std::collections::BTreeSet;
 use std::mem::{offset_of, size_of};
-use std::path::PathBuf;
+
+mod common;
 
 use serde_json::Value;
 use vmbus_core::packet::*;
@@ -13,21 +14,7 @@ use vmbus_core::ring::OwnedRing;
 use zerocopy::{FromBytes, IntoBytes};
 
 fn vectors_file() -> Value {
-    let mut candidates = Vec::new();
-    if let Ok(dir) = std::env::var("VMBUS_VECTORS_DIR") {
-        candidates.push(PathBuf::from(dir));
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    candidates.push(manifest.join("../vectors"));
-    candidates.push(manifest.join("../shared/vectors"));
-    candidates.push(PathBuf::from("/work/shared/vectors"));
-    for dir in &candidates {
-        let p = dir.join("ring-packets.json");
-        if let Ok(text) = std::fs::read_to_string(&p) {
-            return serde_json::from_str(&text).expect("ring-packets.json is valid JSON");
-        }
-    }
-    panic!("ring-packets.json not found in {candidates:?}; set VMBUS_VECTORS_DIR");
+    common::load("ring-packets.json")
 }
 
 fn hex(s: &str) -> Vec<u8> {
