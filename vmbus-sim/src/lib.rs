@@ -1,5 +1,24 @@
 // SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only
-//! Simulated Hyper-V host (work in progress).
+//! A simulated Hyper-V host for testing VMBus guest code end to end.
+//!
+//! The pieces, bottom up:
+//!
+//! * [`memory`]: guest-physical memory (an arena addressed by frame number)
+//!   and the guest's shared-memory allocator;
+//! * [`synic`]: the SINT 2 message slot with its queue, EOM, and the event flags;
+//! * [`hypercall`]: HvPostMessage and HvSignalEvent with real status codes;
+//! * [`sched`]: the deterministic seeded scheduler.
+//!
+//! The core is `no_std` + `alloc` so a kernel module can embed it; the `std`
+//! feature adds the command-line demo.
 #![no_std]
-#[cfg(feature = "std")]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
 extern crate std;
+
+pub mod hypercall;
+pub mod memory;
+pub mod sched;
+pub mod synic;
