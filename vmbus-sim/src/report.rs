@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only
+//! What a scenario run produced: the numbers the demo prints and the tests assert.
+
+use crate::fault::FaultRecord;
+use alloc::vec::Vec;
+use core::fmt;
+use vmbus_core::guid::{device_class, Guid};
+use vmbus_core::version::Version;
+
+/// One offer the guest saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfferSummary {
+    /// Relid.
+    pub relid: u32,
+    /// Device class.
+    pub interface: Guid,
+    /// Device instance.
+    pub instance: Guid,
+    /// Sub-channel index (0 = primary).
+    pub sub_channel_index: u16,
+}
+
+/// A failed expectation of a scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expectation {
+    /// The guest did not reach the connected state.
+    NotConnected,
+    /// The negotiated version differs from the expected one.
+    WrongVersion {
+        /// Expected.
+        expected: Option<Version>,
+        /// Got.
+        got: Option<Version>,
+    },
+    /// Fewer channels opened than expected.
+    TooFewChannels {
+        /// Expected.
+        expected: u32,
+        /// Got.
+        got: u32,
+    },
+    /// Echoed data did not match what was sent.
+    DataMismatch,
+    /// Fewer packets came back than were sent.
+    PacketsLost {
+        /// Sent.
+        sent: u64,
+        /// Received.
+        received: u64,
+    },
+    /// An injected fault was not detected by the guest.
+    FaultNotDetected(usize),
+    /// Expected a fault to be injected but none was.
+    NoFaultInjected,
+    /// The run hit its step budget without finishing.
+    StepBudgetExhausted,
+    /// Shared memory was still allocated after teardown.
+    MemoryLeaked {
+        /// Pages still in use.
+        pages: usize,
+    },
+    /// A counter that should have moved did not.
+    CounterDidNotMove(&'static str),
+    /// Unload did not complete.
+    UnloadIncomplete,
+}
+
+/// A scenario's result.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Seed.
+    pub seed: u64,
+    /// Versions the host accepts (empty = all).
+    pub host_versions: Vec<Version>,
+    /// Negotiated version.
+    pub version: Option<Version>,
+    /// InitiateContact attempts the guest made.
+    pub contact_attempts: u32,
+    /// Offers the guest saw.
+    pub offers: Vec<OfferSummary>,
+    /// Channels that reached the open state.
+    pub channels_opened: u32,
+    /// Channels closed by the guest.
+    pub channels_closed: u32,
+    /// Packets the guest sent.
+    pub packets_sent: u64,
+    /// Packets the guest received (echoes and completions).
+    pub packets_received: u64,
+    /// Payload bytes the guest sent.
+    pub bytes_sent: u64,
+    /// Payload bytes the guest received.
+    pub bytes_received: u64,
+    /// Completions the guest matched to an outstanding transaction id.
+    pub completions: u64,
+    /// Echoed payloads that matched what was sent.
+    pub echoes_verified: u64,
+    /// HvSignalEvent calls by the guest.
+    pub guest_signals: u64,
+    /// HvPostMessage calls by the guest.
+    pub guest_posts: u64,
+    /// Event-flag interrupts raised to the guest.
+    pub event_interrupts: u64,
+    /// Interrupts of every kind raised to the guest.
+    pub interrupts: u64,
+    /// Channel messages the host sent.
+    pub host_messages: u64,
+    /// Faults injected and the guest's reaction.
+    pub faults: Vec<FaultRecord>,
+    /// Whether unload completed.
+    pub unloaded: bool,
+    /// Scheduler steps.
+    pub steps: u64,
+    /// Failed expectations (empty = pass).
+    pub failures: Vec<Expectation>,
+}
+
+impl Report {
+    /// Whether every expectation held.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "=== scenario {} (seed {:#x}) : {}", self.scenario, self.seed, if self.passed() { "PASS" } else { "FAIL" })?;
+        if !self.host_versions.is_empty() {
+            write!(f, "  host accepts versions:")?;
+            for v in &self.host_versions {
+                write!(f, " {v}")?;
+            }
+            writeln!(f)?;
+        }
+        match self.version {
+            Some(v) => writeln!(f, "  negotiated VMBus version {v} after {} InitiateContact attempt(s)", self.contact_attempts)?,
+            None => writeln!(f, "  no version negotiated ({} attempt(s))", self.contact_attempts)?,
+        }
+        writeln!(f, "  offers: {}", self.offers.len())?;
+        for o in &self.offers {
+            let class = device_class(&o.interface).map(|c| c.name).unwrap_or(
+                if o.interface == crate::devices::echo::ECHO_INTERFACE { "echo (simulator)" } else { "unknown" },
+            );
+            writeln!(f, "    relid {:>3}  {:<18} instance {}  sub-channel {}", o.relid, class, o.instance, o.sub_channel_index)?;
+        }
+        writeln!(f, "  channels opened: {}, closed: {}", self.channels_opened, self.channels_closed)?;
+        writeln!(
+            f,
+            "  packets: {} sent ({} bytes), {} received ({} bytes), {} echoes verified, {} completions",
+            self.packets_sent, self.bytes_sent, self.packets_received, self.bytes_received, self.echoes_verified, self.completions
+        )?;
+        writeln!(
+            f,
+            "  signals: guest->host {} HvSignalEvent, host->guest {} event interrupts ({} interrupts in all); {} HvPostMessage, {} host messages",
+            self.guest_signals, self.event_interrupts, self.interrupts, self.guest_posts, self.host_messages
+        )?;
+        if self.faults.is_empty() {
+            writeln!(f, "  faults injected: none")?;
+        } else {
+            writeln!(f, "  faults injected: {}", self.faults.len())?;
+            for r in &self.faults {
+                writeln!(f, "    step {:>5}: {} -> {}", r.step, r.kind, r.outcome)?;
+            }
+        }
+        writeln!(f, "  unload: {}   steps: {}", if self.unloaded { "complete" } else { "not done" }, self.steps)?;
+        for e in &self.failures {
+            writeln!(f, "  EXPECTATION FAILED: {e:?}")?;
+        }
+        Ok(())
+    }
+}
