@@ -132,34 +132,50 @@ impl Outcome {
 impl fmt::Display for FaultKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FaultKind::MalformedMessage(m) => write!(f, "malformed message ({})", match m {
-                MessageFault::Truncated => "truncated offer",
-                MessageFault::UnknownType => "unknown type",
-                MessageFault::WrongRelid => "wrong relid",
-                MessageFault::BadGpadlHandle => "bad GPADL handle",
-                MessageFault::Garbage => "garbage bytes",
-                MessageFault::OversizedSlot => "slot payload_size > 240",
-                MessageFault::Unsolicited => "unsolicited reply",
-            }),
-            FaultKind::MalformedPacket(p) => write!(f, "malformed packet ({})", match p {
-                PacketFault::LenTooSmall => "len8 below descriptor",
-                PacketFault::LenBeyondRing => "len8 beyond ring data",
-                PacketFault::OffsetBeyondLen => "offset8 beyond len8",
-                PacketFault::UnknownType => "unknown packet type",
-                PacketFault::UnexpectedCompletion => "completion for unknown transaction id",
-            }),
-            FaultKind::CorruptRingIndex(i) => write!(f, "corrupt ring index ({})", match i {
-                IndexFault::InboundWriteIndexOutOfRange => "inbound write_index past data",
-                IndexFault::InboundWriteIndexMisaligned => "inbound write_index misaligned",
-                IndexFault::OutboundReadIndexOutOfRange => "outbound read_index past data",
-            }),
-            FaultKind::Rescind(p) => write!(f, "rescind {}", match p {
-                RescindPoint::AfterOffer => "right after the offer",
-                RescindPoint::DuringGpadl => "during GPADL creation",
-                RescindPoint::AfterGpadlCreated => "after GPADL created",
-                RescindPoint::DuringOpen => "during open",
-                RescindPoint::MidTraffic => "mid-traffic",
-            }),
+            FaultKind::MalformedMessage(m) => write!(
+                f,
+                "malformed message ({})",
+                match m {
+                    MessageFault::Truncated => "truncated offer",
+                    MessageFault::UnknownType => "unknown type",
+                    MessageFault::WrongRelid => "wrong relid",
+                    MessageFault::BadGpadlHandle => "bad GPADL handle",
+                    MessageFault::Garbage => "garbage bytes",
+                    MessageFault::OversizedSlot => "slot payload_size > 240",
+                    MessageFault::Unsolicited => "unsolicited reply",
+                }
+            ),
+            FaultKind::MalformedPacket(p) => write!(
+                f,
+                "malformed packet ({})",
+                match p {
+                    PacketFault::LenTooSmall => "len8 below descriptor",
+                    PacketFault::LenBeyondRing => "len8 beyond ring data",
+                    PacketFault::OffsetBeyondLen => "offset8 beyond len8",
+                    PacketFault::UnknownType => "unknown packet type",
+                    PacketFault::UnexpectedCompletion => "completion for unknown transaction id",
+                }
+            ),
+            FaultKind::CorruptRingIndex(i) => write!(
+                f,
+                "corrupt ring index ({})",
+                match i {
+                    IndexFault::InboundWriteIndexOutOfRange => "inbound write_index past data",
+                    IndexFault::InboundWriteIndexMisaligned => "inbound write_index misaligned",
+                    IndexFault::OutboundReadIndexOutOfRange => "outbound read_index past data",
+                }
+            ),
+            FaultKind::Rescind(p) => write!(
+                f,
+                "rescind {}",
+                match p {
+                    RescindPoint::AfterOffer => "right after the offer",
+                    RescindPoint::DuringGpadl => "during GPADL creation",
+                    RescindPoint::AfterGpadlCreated => "after GPADL created",
+                    RescindPoint::DuringOpen => "during open",
+                    RescindPoint::MidTraffic => "mid-traffic",
+                }
+            ),
             FaultKind::DroppedReply(t) => write!(f, "dropped reply {}", t.name()),
             FaultKind::HostStopsAnswering => f.write_str("host stops answering"),
             FaultKind::HypercallBusy => f.write_str("HvPostMessage busy (INSUFFICIENT_BUFFERS)"),

@@ -18,7 +18,11 @@ extern crate alloc;
 #[cfg(any(test, feature = "std"))]
 extern crate std;
 
+pub mod bus;
+pub mod devices;
+pub mod fault;
 pub mod hypercall;
 pub mod memory;
+pub mod report;
 pub mod sched;
 pub mod synic;

@@ -125,7 +125,13 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "=== scenario {} (seed {:#x}) : {}", self.scenario, self.seed, if self.passed() { "PASS" } else { "FAIL" })?;
+        writeln!(
+            f,
+            "=== scenario {} (seed {:#x}) : {}",
+            self.scenario,
+            self.seed,
+            if self.passed() { "PASS" } else { "FAIL" }
+        )?;
         if !self.host_versions.is_empty() {
             write!(f, "  host accepts versions:")?;
             for v in &self.host_versions {
@@ -134,7 +140,11 @@ impl fmt::Display for Report {
             writeln!(f)?;
         }
         match self.version {
-            Some(v) => writeln!(f, "  negotiated VMBus version {v} after {} InitiateContact attempt(s)", self.contact_attempts)?,
+            Some(v) => writeln!(
+                f,
+                "  negotiated VMBus version {v} after {} InitiateContact attempt(s)",
+                self.contact_attempts
+            )?,
             None => writeln!(f, "  no version negotiated ({} attempt(s))", self.contact_attempts)?,
         }
         writeln!(f, "  offers: {}", self.offers.len())?;
@@ -142,13 +152,22 @@ impl fmt::Display for Report {
             let class = device_class(&o.interface).map(|c| c.name).unwrap_or(
                 if o.interface == crate::devices::echo::ECHO_INTERFACE { "echo (simulator)" } else { "unknown" },
             );
-            writeln!(f, "    relid {:>3}  {:<18} instance {}  sub-channel {}", o.relid, class, o.instance, o.sub_channel_index)?;
+            writeln!(
+                f,
+                "    relid {:>3}  {:<18} instance {}  sub-channel {}",
+                o.relid, class, o.instance, o.sub_channel_index
+            )?;
         }
         writeln!(f, "  channels opened: {}, closed: {}", self.channels_opened, self.channels_closed)?;
         writeln!(
             f,
             "  packets: {} sent ({} bytes), {} received ({} bytes), {} echoes verified, {} completions",
-            self.packets_sent, self.bytes_sent, self.packets_received, self.bytes_received, self.echoes_verified, self.completions
+            self.packets_sent,
+            self.bytes_sent,
+            self.packets_received,
+            self.bytes_received,
+            self.echoes_verified,
+            self.completions
         )?;
         writeln!(
             f,
