@@ -18,21 +18,20 @@
 
 use crate::devices::{DeviceModel, GuestPacket, HostPacket};
 use crate::hypercall::Hypercalls;
-use crate::memory::{GuestMemory, MemoryError};
+use crate::memory::{ArenaRef, GuestMemory, MemoryError};
 use crate::synic::Synic;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
-use core::ptr::NonNull;
 use vmbus_core::guid::Guid;
 use vmbus_core::host::{OfferSpec, Server, ServerConfig, ServerEvent, STATUS_UNSUCCESSFUL};
 use vmbus_core::hv::{MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_4};
 use vmbus_core::message::OutgoingMessage;
 use vmbus_core::packet::{inband_header, PacketType};
 use vmbus_core::platform::HV_PAGE_SIZE;
-use vmbus_core::ring::{Corruption, Mapping, ReadError, RingMemory, RingReader, RingWriter, WriteError};
+use vmbus_core::ring::{Corruption, ReadError, RingReader, RingWriter, WriteError};
 
 /// Largest packet the host reads from a guest ring.
 pub const HOST_PACKET_BUFFER: usize = 64 * 1024;
@@ -142,6 +141,8 @@ struct HeldOpen {
 
 /// The simulated host. See the module docs.
 pub struct Bus {
+    /// Keeps guest memory alive while ring halves point into it.
+    arena: ArenaRef,
     server: Server,
     devices: Vec<DeviceEntry>,
     /// relid -> device index, for every channel that has a model.
@@ -176,7 +177,7 @@ const EVENT_LOG_LIMIT: usize = 4096;
 impl Bus {
     /// A host with `config`; registers the message ports the configuration
     /// implies with the hypervisor (1, and 4 if any version is 5.0 or later).
-    pub fn new(config: ServerConfig, hv: &Hypercalls) -> Option<Bus> {
+    pub fn new(config: ServerConfig, hv: &Hypercalls, mem: &GuestMemory) -> Option<Bus> {
         let modern = config.versions.iter().any(|v| v.uses_msg_sint());
         let server = Server::new(config).ok()?;
         hv.add_message_port(MESSAGE_CONNECTION_ID);
@@ -184,6 +185,7 @@ impl Bus {
             hv.add_message_port(MESSAGE_CONNECTION_ID_4);
         }
         Some(Bus {
+            arena: mem.arena_ref(),
             server,
             devices: Vec::new(),
             relid_device: BTreeMap::new(),
@@ -305,6 +307,10 @@ impl Bus {
     /// One host step: at most one guest message, then events, outgoing
     /// messages and signalled channels. Returns whether anything happened.
     pub fn step(&mut self, mem: &GuestMemory, hv: &Hypercalls, synic: &mut Synic) -> bool {
+        if !self.arena.is_of(mem) {
+            // Ring halves point into the memory this bus was built with.
+            return false;
+        }
         let mut worked = false;
         if let Some(m) = hv.take_message() {
             worked = true;
@@ -381,6 +387,9 @@ impl Bus {
     /// Releases the held opens, answering each.
     pub fn release_held_opens(&mut self, mem: &GuestMemory) {
         self.hold_opens = false;
+        if !self.arena.is_of(mem) {
+            return;
+        }
         for held in core::mem::take(&mut self.held_opens) {
             self.answer_open(held, mem);
         }
@@ -418,23 +427,11 @@ impl Bus {
         if offset < 2 || pages < offset + 2 {
             return Err(RingMapError::BadOffset { offset: open.downstream_offset, pages });
         }
-        let page = |i: usize| -> NonNull<u8> {
-            // In bounds: i < pages and the mapping covers pages * 4096 bytes.
-            NonNull::new(map.ptr.as_ptr().wrapping_add(i * HV_PAGE_SIZE)).unwrap_or(map.ptr)
-        };
-        let out_data = (offset - 1) * HV_PAGE_SIZE;
         let in_data = (pages - offset - 1) * HV_PAGE_SIZE;
-        // SAFETY: the pages come from `map_contiguous`, which checked that
-        // every frame is inside the guest-memory arena; the arena outlives
-        // the bus's use of it (the simulator drops rings before memory).
-        // The host is the only reader of the outbound ring and the only
-        // writer of the inbound ring in this address space; the guest's
-        // halves are the peers on the other side.
-        let outbound =
-            unsafe { RingMemory::new(page(0), page(1), out_data, Mapping::Plain) }.map_err(|_| RingMapError::Setup)?;
-        // SAFETY: as above, for the host-to-guest ring.
-        let inbound = unsafe { RingMemory::new(page(offset), page(offset + 1), in_data, Mapping::Plain) }
-            .map_err(|_| RingMapError::Setup)?;
+        // The bus holds an ArenaRef of `mem` (checked in `step`) and builds
+        // one reader (outbound ring) and one writer (inbound ring) per open.
+        let outbound = mem.ring_memory(map.first_pfn, offset).map_err(RingMapError::Memory)?;
+        let inbound = mem.ring_memory(map.first_pfn + offset as u64, pages - offset).map_err(RingMapError::Memory)?;
         let base_gpa = map.first_pfn * HV_PAGE_SIZE as u64;
         Ok(HostChannel {
             relid: open.relid,

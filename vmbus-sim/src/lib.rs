@@ -21,6 +21,7 @@ extern crate std;
 pub mod bus;
 pub mod devices;
 pub mod fault;
+pub mod guest;
 pub mod hypercall;
 pub mod memory;
 pub mod report;

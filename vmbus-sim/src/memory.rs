@@ -19,12 +19,14 @@
 #![allow(unsafe_code)]
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
 use core::ptr::NonNull;
 use vmbus_core::platform::{AllocError, SharedMemory, SharedRegion, HV_PAGE_SIZE};
+use vmbus_core::ring::{Mapping as RingMapping, RingMemory};
 
 /// Why a guest-physical access was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +71,41 @@ pub struct Mapping {
     pub first_pfn: u64,
 }
 
+/// The raw allocation behind a [`GuestMemory`]. Reference-counted so that
+/// whoever holds ring halves pointing into it (the simulated host and guest
+/// hold an [`ArenaRef`]) keeps it alive.
+struct Arena {
+    base: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: `base` came from `alloc_zeroed(self.layout)` and is freed once, here.
+        unsafe { dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
+/// Keeps a [`GuestMemory`]'s arena alive; held next to ring halves that point into it.
+#[derive(Clone)]
+pub struct ArenaRef(Rc<Arena>);
+
+impl fmt::Debug for ArenaRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ArenaRef").field(&self.0.base).finish()
+    }
+}
+
+impl ArenaRef {
+    /// Whether this keeps `mem`'s arena alive.
+    pub fn is_of(&self, mem: &GuestMemory) -> bool {
+        Rc::ptr_eq(&self.0, &mem.arena)
+    }
+}
+
 /// Simulated guest RAM: a zeroed, 4096-aligned arena and a page allocator over it.
 pub struct GuestMemory {
+    arena: Rc<Arena>,
     base: NonNull<u8>,
     layout: Layout,
     pages: usize,
@@ -121,6 +156,7 @@ impl GuestMemory {
         let raw = unsafe { alloc_zeroed(layout) };
         let base = NonNull::new(raw)?;
         Some(GuestMemory {
+            arena: Rc::new(Arena { base, layout }),
             base,
             layout,
             pages,
@@ -243,10 +279,60 @@ impl GuestMemory {
     }
 }
 
-impl Drop for GuestMemory {
-    fn drop(&mut self) {
-        // SAFETY: `base` came from `alloc_zeroed(self.layout)` and is freed once, here.
-        unsafe { dealloc(self.base.as_ptr(), self.layout) };
+impl GuestMemory {
+    /// A handle that keeps the arena alive (for holders of ring halves).
+    pub fn arena_ref(&self) -> ArenaRef {
+        ArenaRef(self.arena.clone())
+    }
+
+    /// Describes the ring whose control page is frame `first_pfn`, followed
+    /// by `ring_pages - 1` data pages, all inside the arena.
+    ///
+    /// Crate-internal contract (why this is safe to call): the caller keeps an
+    /// [`ArenaRef`] of this memory for as long as halves built from the
+    /// result exist (the bus and the guest hold one and check it on every
+    /// step), and builds at most one writer and one reader per ring.
+    pub(crate) fn ring_memory(&self, first_pfn: u64, ring_pages: usize) -> Result<RingMemory, MemoryError> {
+        if ring_pages < 2 {
+            return Err(MemoryError::Empty);
+        }
+        let last = first_pfn.checked_add(ring_pages as u64 - 1).ok_or(MemoryError::BadFrame(first_pfn))?;
+        if !self.contains_pfn(first_pfn) {
+            return Err(MemoryError::BadFrame(first_pfn));
+        }
+        if !self.contains_pfn(last) {
+            return Err(MemoryError::BadFrame(last));
+        }
+        let off = (first_pfn - self.base_pfn) as usize * HV_PAGE_SIZE;
+        // SAFETY: both offsets are inside the arena (every page of the ring
+        // was checked above), so the pointers are in bounds and non-null.
+        let (header, data) = unsafe {
+            (
+                NonNull::new_unchecked(self.base.as_ptr().add(off)),
+                NonNull::new_unchecked(self.base.as_ptr().add(off + HV_PAGE_SIZE)),
+            )
+        };
+        // SAFETY: the control page and `(ring_pages - 1) * 4096` data bytes
+        // lie inside the arena, which stays allocated while any `ArenaRef`
+        // lives (the caller's contract above); the arena is only accessed
+        // through raw pointers (no references into it exist), the ring code
+        // uses atomics for the control words, and the caller builds one
+        // writer and one reader per ring. `Mapping::Plain`: the data area is
+        // mapped once.
+        unsafe { RingMemory::new(header, data, (ring_pages - 1) * HV_PAGE_SIZE, RingMapping::Plain) }.map_err(|_| {
+            MemoryError::OutOfRange { gpa: first_pfn * HV_PAGE_SIZE as u64, len: ring_pages * HV_PAGE_SIZE }
+        })
+    }
+
+    /// Returns a region to the allocator (safe form of `free_shared` for the
+    /// simulator): the arena stays allocated whatever happens, so a host that
+    /// still touches the pages sees zeroes or the next owner's bytes, never
+    /// freed memory. The simulated guest frees only what the host no longer maps.
+    pub fn release(&self, region: SharedRegion) {
+        // SAFETY: `region` came from this allocator (`free_shared` ignores
+        // foreign tokens); the pages remain inside the live arena, so no
+        // access anywhere can become a use-after-free.
+        unsafe { self.free_shared(region) }
     }
 }
 
