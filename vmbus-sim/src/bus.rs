@@ -157,6 +157,8 @@ pub struct Bus {
     held_opens: Vec<HeldOpen>,
     /// Channels signalled by the guest and not yet serviced.
     runnable: Vec<u32>,
+    /// The host has hung: messages are swallowed, rings not serviced.
+    silent: bool,
     stats: BusStats,
     /// Every event seen, for tests and reports (bounded).
     event_log: Vec<ServerEvent>,
@@ -195,6 +197,7 @@ impl Bus {
             hold_opens: false,
             held_opens: Vec::new(),
             runnable: Vec::new(),
+            silent: false,
             stats: BusStats::default(),
             event_log: Vec::new(),
         })
@@ -263,6 +266,44 @@ impl Bus {
         self.server.rescind(relid).is_ok()
     }
 
+    /// Makes the host stop answering (or resume): the server ignores
+    /// messages and no device runs.
+    pub fn set_silent(&mut self, silent: bool) {
+        self.silent = silent;
+        self.server.faults_mut().silent = silent;
+    }
+
+    /// Writes `value` into a ring control word of `relid` (corrupt-index
+    /// injection), stops servicing the channel (so the host itself does not
+    /// repair the word) and sets the guest's event flag. Returns whether the
+    /// channel existed.
+    pub fn corrupt_ring_index(
+        &mut self,
+        relid: u32,
+        fault: crate::fault::IndexFault,
+        mem: &GuestMemory,
+        synic: &mut Synic,
+    ) -> bool {
+        use crate::fault::IndexFault;
+        use vmbus_core::packet::ring_control::{READ_INDEX, WRITE_INDEX};
+        let Some(ch) = self.channels.get_mut(&relid) else { return false };
+        let (gpa, value) = match fault {
+            IndexFault::InboundWriteIndexOutOfRange => {
+                (ch.inbound_gpa + WRITE_INDEX as u64, ch.inbound_data_size.wrapping_add(0x1000))
+            }
+            IndexFault::InboundWriteIndexMisaligned => (ch.inbound_gpa + WRITE_INDEX as u64, 0x0C),
+            IndexFault::OutboundReadIndexOutOfRange => (ch.outbound_gpa + READ_INDEX as u64, 0x7FFF_FFF8),
+        };
+        if mem.write_u32(gpa, value).is_err() {
+            return false;
+        }
+        ch.broken = Some(Corruption::WriteIndexOutOfRange { value });
+        if synic.set_event(relid).is_ok() {
+            self.stats.guest_signals += 1;
+        }
+        true
+    }
+
     /// Holds open requests instead of answering them (until released).
     pub fn set_hold_opens(&mut self, hold: bool) {
         self.hold_opens = hold;
@@ -296,6 +337,9 @@ impl Bus {
     /// Whether the host has work: a posted message, events, outgoing
     /// messages, or a signalled channel.
     pub fn ready(&self, hv: &Hypercalls) -> bool {
+        if self.silent {
+            return hv.pending_messages() > 0;
+        }
         hv.pending_messages() > 0
             || self.server.event_len() > 0
             || self.server.outgoing_len() > 0
@@ -318,6 +362,10 @@ impl Bus {
             if self.server.handle_guest_message(m.connection_id, m.bytes()).is_err() {
                 self.stats.messages_rejected += 1;
             }
+        }
+        if self.silent {
+            hv.take_signals();
+            return worked;
         }
         worked |= self.process_events(mem, hv);
         worked |= self.flush_outbox(synic);

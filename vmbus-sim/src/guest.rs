@@ -830,7 +830,11 @@ impl Guest {
             match PacketType(ptype) {
                 PacketType::DATA_INBAND => {
                     let wants_completion = c.outstanding.get(tid).map(|o| o.completion);
-                    let matches = |o: &Outstanding| o.payload == payload;
+                    // In-band payloads come back padded to 8 bytes (the
+                    // descriptor carries no exact length): the echo must be
+                    // the sent bytes followed by fewer than 8 bytes of padding.
+                    let matches =
+                        |o: &Outstanding| payload.starts_with(&o.payload) && payload.len() - o.payload.len() < 8;
                     let ok = match wants_completion {
                         Some(true) => c.outstanding.get(tid).is_some_and(matches),
                         Some(false) => c.outstanding.take_if(tid, matches).is_some(),

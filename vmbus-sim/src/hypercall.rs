@@ -158,6 +158,11 @@ impl Hypercalls {
         self.state.borrow_mut().inbox.pop_front()
     }
 
+    /// The oldest posted message, left in place (fault injection looks ahead).
+    pub fn peek_message(&self) -> Option<PostedMessage> {
+        self.state.borrow().inbox.front().copied()
+    }
+
     /// Messages waiting for the host.
     pub fn pending_messages(&self) -> usize {
         self.state.borrow().inbox.len()

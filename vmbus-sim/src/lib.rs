@@ -26,4 +26,5 @@ pub mod hypercall;
 pub mod memory;
 pub mod report;
 pub mod sched;
+pub mod sim;
 pub mod synic;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only
 //! What a scenario run produced: the numbers the demo prints and the tests assert.
 
-use crate::fault::FaultRecord;
+use crate::fault::{FaultRecord, Outcome};
+use crate::guest::GuestStats;
 use alloc::vec::Vec;
 use core::fmt;
 use vmbus_core::guid::{device_class, Guid};
@@ -63,6 +64,12 @@ pub enum Expectation {
     CounterDidNotMove(&'static str),
     /// Unload did not complete.
     UnloadIncomplete,
+    /// Neither side could move and the guest was not waiting on anything.
+    Stuck,
+    /// A fault outcome outside the accepted set.
+    UnexpectedOutcome(Outcome),
+    /// The guest rejected host input in a run without faults.
+    SpuriousRejection,
 }
 
 /// A scenario's result.
@@ -112,6 +119,14 @@ pub struct Report {
     pub unloaded: bool,
     /// Scheduler steps.
     pub steps: u64,
+    /// Every guest counter.
+    pub guest: GuestStats,
+    /// Shared-memory pages still allocated at the end.
+    pub pages_in_use: usize,
+    /// The run stopped because nothing could move.
+    pub stuck: bool,
+    /// The run stopped at the step budget.
+    pub budget_exhausted: bool,
     /// Failed expectations (empty = pass).
     pub failures: Vec<Expectation>,
 }
