@@ -59,6 +59,8 @@ pub struct GuestConfig {
     pub max_version: Option<Version>,
     /// Unload at the end.
     pub unload: bool,
+    /// Channels to wait for before finishing (hot-added sub-channels).
+    pub min_channels: usize,
 }
 
 impl Default for GuestConfig {
@@ -72,6 +74,7 @@ impl Default for GuestConfig {
             timeout_ticks: 50,
             max_version: None,
             unload: true,
+            min_channels: 0,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod guest;
 pub mod hypercall;
 pub mod memory;
 pub mod report;
+pub mod scenario;
 pub mod sched;
 pub mod sim;
 pub mod synic;

@@ -3,6 +3,7 @@
 
 use crate::fault::{FaultRecord, Outcome};
 use crate::guest::GuestStats;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use vmbus_core::guid::{device_class, Guid};
@@ -76,7 +77,7 @@ pub enum Expectation {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     /// Scenario name.
-    pub scenario: &'static str,
+    pub scenario_name: String,
     /// Seed.
     pub seed: u64,
     /// Versions the host accepts (empty = all).
@@ -143,7 +144,7 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "=== scenario {} (seed {:#x}) : {}",
-            self.scenario,
+            self.scenario_name,
             self.seed,
             if self.passed() { "PASS" } else { "FAIL" }
         )?;

@@ -13,6 +13,7 @@ use crate::report::{OfferSummary, Report};
 use crate::sched::{Actor, Scheduler, SplitMix64};
 use crate::synic::Synic;
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use vmbus_core::guid::{interface, Guid};
@@ -320,7 +321,15 @@ impl Sim {
                 }
             }
             FaultKind::Rescind(_) => {
-                if let Some(t) = self.pick_target() {
+                // Right after the offers the guest tracks nothing yet: pick
+                // among the offered echo channels.
+                let target = self.pick_target().or_else(|| {
+                    let n = self.echo_relids.len() as u64;
+                    let t = self.echo_relids.get(self.rng.below(n) as usize).copied();
+                    self.injector.target = t;
+                    t
+                });
+                if let Some(t) = target {
                     self.bus.rescind(t);
                 }
             }
@@ -540,7 +549,7 @@ impl Sim {
             }
         }
         let mut report = Report {
-            scenario: "",
+            scenario_name: String::new(),
             seed: self.config.seed,
             host_versions: self.config.host_versions.clone(),
             version: self.guest.version(),
