@@ -423,6 +423,18 @@ mod tests {
         assert_eq!(z.take(1), None);
     }
 
+    #[cfg(feature = "alloc")]
+    #[test]
+    fn heap_table() {
+        let mut t: VecRequestTable<u32> = RequestTable::with_capacity(3);
+        assert_eq!(t.capacity(), 3);
+        let ids: Vec<u64> = (0..3).map(|i| t.insert(i).unwrap()).collect();
+        assert_eq!(t.insert(3), Err(Full));
+        assert_eq!(t.take(ids[1]), Some(1));
+        assert_eq!(t.drain().map(|(_, v)| v).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(t.stats().cancelled, 2);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u32),

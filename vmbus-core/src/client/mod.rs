@@ -29,6 +29,37 @@
 //! Storage: the channel table is a slice of [`ChannelSlot`]s given at
 //! construction ([`Client::with_storage`]) or allocated once
 //! ([`Client::new`], feature `alloc`); nothing is allocated afterwards.
+//!
+//! Ordering of events: a rescind yields [`ClientEvent::Rescinded`] first, then
+//! one completion (status [`OpStatus::Rescinded`]) per operation that was
+//! pending on the channel. An UnloadResponse yields one completion (status
+//! [`OpStatus::Unloaded`]) per pending operation, then
+//! [`ClientEvent::UnloadComplete`]; the table is then empty.
+//!
+//! ```
+//! use vmbus_core::client::{ChannelSlot, Client, ClientConfig, ClientEvent};
+//! use vmbus_core::hv::HvStatus;
+//! use vmbus_core::platform::Hypervisor;
+//!
+//! struct Hv; // the glue's hypercalls (here: every post succeeds)
+//! impl Hypervisor for Hv {
+//!     fn post_message(&self, _conn: u32, _msg: &[u8]) -> HvStatus { HvStatus::SUCCESS }
+//!     fn signal_event(&self, _conn: u32) -> HvStatus { HvStatus::SUCCESS }
+//! }
+//!
+//! let config = ClientConfig::new(0, 0x1000, (0x2000, 0x3000));
+//! let mut client = Client::with_storage(config, [ChannelSlot::EMPTY; 16]);
+//! client.start(&Hv).unwrap(); // InitiateContact 5.3 on connection id 4
+//! // The host accepts and names connection id 11 (a 16-byte VersionResponse).
+//! let mut resp = [0u8; 16];
+//! resp[0] = 15; // VERSION_RESPONSE
+//! resp[8] = 1; // version_supported
+//! resp[12] = 11; // msg_conn_id
+//! let mut events = Vec::new();
+//! client.handle_message(&resp, &Hv, &mut |e| events.push(e)).unwrap();
+//! assert!(matches!(events[0], ClientEvent::Connected { msg_conn_id: 11, .. }));
+//! client.request_offers(&Hv).unwrap();
+//! ```
 
 mod retry;
 mod types;
@@ -373,6 +404,8 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
     }
 
     fn post<H: Hypervisor + ?Sized>(&mut self, hv: &H, msg: &ChannelMessage<'_>) -> Result<(), ClientError> {
+        // Only fixed-size messages of at most 196 bytes come through here, so
+        // serialising cannot fail; the mapping exists to avoid a panic path.
         let out = OutgoingMessage::new(msg).map_err(ClientError::Malformed)?;
         self.post_to(hv, self.msg_conn_id, &out)
     }
@@ -1002,5 +1035,22 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_allocates_the_table_once() {
+        let mut c = ClientConfig::new(0, 0, (0, 0));
+        c.max_channels = 5000;
+        let client = Client::new(c);
+        assert_eq!(client.channels.len(), MAX_CHANNELS);
+        c.max_channels = 0;
+        assert_eq!(Client::new(c).channels.len(), 1);
+        assert_eq!(client.state(), ConnectionState::Idle);
+        assert_eq!(client.check_invariants(), Ok(()));
     }
 }
