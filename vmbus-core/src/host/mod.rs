@@ -20,6 +20,39 @@
 //! opens and GPADLs, or stop answering.
 //!
 //! No threads, locks or OS types: the owner serialises calls (`&mut self`).
+//!
+//! A simulated host drives it like this:
+//!
+//! ```
+//! use vmbus_core::guid::Guid;
+//! use vmbus_core::host::{OfferSpec, Server, ServerConfig, ServerEvent};
+//! use vmbus_core::message::{ChannelMessage, InitiateContact, OutgoingMessage};
+//! use vmbus_core::version::Version;
+//!
+//! let mut server = Server::new(ServerConfig::default()).unwrap();
+//! let relid = server.add_offer(OfferSpec::new(Guid::ZERO, Guid::ZERO)).unwrap();
+//!
+//! // HvPostMessage from the guest: the hypercall layer first asks whether
+//! // the connection id is a message connection right now.
+//! let contact = InitiateContact::new(Version::WIN10_V5_3, 0, 2, 0, (0x1000, 0x2000));
+//! let post = OutgoingMessage::new(&ChannelMessage::InitiateContact(contact)).unwrap();
+//! assert!(server.is_valid_message_connection(4));
+//! server.handle_guest_message(4, post.as_bytes()).unwrap();
+//!
+//! // Deliver replies into the guest's SynIC message slot...
+//! while let Some(reply) = server.pop_outgoing() {
+//!     let _bytes: &[u8] = reply.as_bytes();
+//! }
+//! // ...and hand events to the device models / memory mapper.
+//! while let Some(event) = server.pop_event() {
+//!     if let ServerEvent::Connected(info) = event {
+//!         assert_eq!(info.msg_conn_id, 0x2A);
+//!     }
+//! }
+//! // HvSignalEvent on a channel's connection id maps back to its relid.
+//! let signal_id = server.channel(relid).unwrap().signal_connection_id();
+//! assert_eq!(server.channel_by_signal_connection(signal_id), Some(relid));
+//! ```
 
 mod gpadl;
 
@@ -207,6 +240,9 @@ pub struct HostFaults {
     /// Host-to-guest messages of these kinds are silently not sent (the
     /// state change still happens, as if the message were lost).
     pub drop_replies: ReplyKinds,
+    /// One-shot variant: the next host-to-guest message of each kind here is
+    /// not sent, then its bit is cleared.
+    pub drop_once: ReplyKinds,
     /// Answer every valid OpenChannel with this non-zero status (no
     /// [`ServerEvent::OpenRequest`]).
     pub fail_open: Option<u32>,
@@ -222,7 +258,8 @@ pub struct HostFaults {
 /// Counters, per message type where it makes sense (index = type number).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostCounters {
-    /// Guest messages received, by type (only parseable types 0..=24).
+    /// Guest messages received, by the type in their header (types 0..=24),
+    /// counted before any check, so rejected ones are included.
     pub received: [u64; MESSAGE_TYPE_SLOTS],
     /// Guest messages refused (malformed, wrong state, bad values), by type.
     pub rejected: [u64; MESSAGE_TYPE_SLOTS],
@@ -643,6 +680,14 @@ pub enum ServerEvent {
         /// Relid.
         relid: u32,
     },
+    /// A channel is gone without a RelidReleased: a rescinded offer the
+    /// guest never saw, or, at Unload / [`Server::reset`], a rescinded
+    /// channel or a sub-channel (sub-channels are re-requested by the
+    /// device protocol after re-contact). Its relid is free.
+    OfferRemoved {
+        /// Relid.
+        relid: u32,
+    },
     /// The guest unloaded; every channel is closed and every GPADL gone.
     Unloaded,
 }
@@ -816,7 +861,12 @@ impl Server {
     fn send(&mut self, msg: ChannelMessage<'_>) {
         let t = msg.message_type();
         let slot = HostCounters::slot(t);
-        if self.faults.drop_replies.contains(ReplyKinds::of(t)) && !ReplyKinds::of(t).is_empty() {
+        let kind = ReplyKinds::of(t);
+        let once = !kind.is_empty() && self.faults.drop_once.contains(kind);
+        if once {
+            self.faults.drop_once.remove(kind);
+        }
+        if once || (!kind.is_empty() && self.faults.drop_replies.contains(kind)) {
             if let Some(i) = slot {
                 self.counters.dropped_by_fault[i] += 1;
             }
@@ -943,6 +993,7 @@ impl Server {
         }
         if !channel.offered {
             self.remove_channel(relid);
+            self.event(ServerEvent::OfferRemoved { relid });
             return Ok(());
         }
         channel.rescinded = true;
@@ -977,8 +1028,10 @@ impl Server {
         Ok(())
     }
 
-    /// Drops every channel (as if the guest had unloaded, without the reply)
-    /// and every GPADL, with events; used by a simulated host reset.
+    /// Back to the disconnected state as if the guest had unloaded (without
+    /// the reply and the [`ServerEvent::Unloaded`] event): channels closed,
+    /// GPADLs, rescinded channels and sub-channels dropped, with events.
+    /// Used by a simulated host or VM reset.
     pub fn reset(&mut self) {
         self.drop_connection_state();
         self.connection = Connection::Disconnected;
@@ -1014,8 +1067,9 @@ impl Server {
         Some(p)
     }
 
-    /// Closes every channel, drops every GPADL and rescinded channel, and
-    /// marks live offers as not yet sent (they are re-offered after re-contact).
+    /// Closes every channel, drops every GPADL, every rescinded channel and
+    /// every sub-channel, and marks the remaining (primary) offers as not yet
+    /// sent: they are re-offered after re-contact.
     fn drop_connection_state(&mut self) {
         let relids: Vec<u32> = self.channels.keys().copied().collect();
         for relid in relids {
@@ -1023,12 +1077,13 @@ impl Server {
             let was_active = !matches!(c.state, ChannelState::Closed);
             c.state = ChannelState::Closed;
             c.offered = false;
-            let rescinded = c.rescinded;
+            let remove = c.rescinded || c.offer.sub_channel_index != 0;
             if was_active {
                 self.event(ServerEvent::Closed { relid });
             }
-            if rescinded {
+            if remove {
                 self.channels.remove(&relid);
+                self.event(ServerEvent::OfferRemoved { relid });
             }
         }
         let handles: Vec<u32> = self.gpadls.keys().copied().collect();
@@ -1047,6 +1102,9 @@ impl Server {
     pub fn handle_guest_message(&mut self, connection_id: u32, bytes: &[u8]) -> HostResult {
         let typ = MessageHeader::read_from_prefix(bytes).ok().map(|(h, _)| h.msgtype);
         let slot = typ.and_then(HostCounters::slot);
+        if let Some(i) = slot {
+            self.counters.received[i] += 1;
+        }
         if self.faults.silent {
             self.counters.ignored_silent += 1;
             return Err(HostError::Silent);
@@ -1077,6 +1135,12 @@ impl Server {
     }
 
     fn dispatch(&mut self, connection_id: u32, bytes: &[u8]) -> HostResult {
+        // A real hypercall layer refuses a post on an invalid connection id
+        // before the server sees it; check that first so nothing else
+        // (not even a failure reply) results from such a post.
+        if !self.is_valid_message_connection(connection_id) {
+            return Err(HostError::WrongConnection(connection_id));
+        }
         let msg = match ChannelMessage::parse(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -1085,12 +1149,6 @@ impl Server {
             }
         };
         let t = msg.message_type();
-        if let Some(i) = HostCounters::slot(t) {
-            self.counters.received[i] += 1;
-        }
-        if !self.is_valid_message_connection(connection_id) {
-            return Err(HostError::WrongConnection(connection_id));
-        }
         let version = match (&self.connection, &msg) {
             (_, ChannelMessage::InitiateContact(c)) => {
                 return self.on_initiate_contact(connection_id, c);
@@ -1408,6 +1466,11 @@ impl Server {
             self.send_gpadl_created(relid, handle, status);
             return Ok(());
         }
+        // Several GPADLs may have been pending when the last slot was taken.
+        if self.gpadls.len() >= self.config.max_gpadls {
+            self.send_gpadl_created(relid, handle, STATUS_INSUFFICIENT_RESOURCES);
+            return Err(HostError::GpadlLimit { handle });
+        }
         let gpadl = Gpadl { handle, relid, ranges };
         self.gpadl_pages += gpadl.page_count();
         self.gpadls.insert(handle, gpadl);
@@ -1464,13 +1527,14 @@ impl Server {
         }
         let relid = m.child_relid;
         let vp_count = self.config.vp_count;
+        let fail = self.faults.fail_modify.filter(|&s| s != 0);
         let check = match self.channels.get_mut(&relid) {
             None => Err(HostError::UnknownRelid(relid)),
             Some(c) if c.rescinded => Err(HostError::Rescinded(relid)),
             Some(_) if m.target_vp >= vp_count => Err(HostError::BadTargetVp(m.target_vp)),
             Some(c) => match &mut c.state {
                 ChannelState::Open(p) => {
-                    if self.faults.fail_modify.is_none() {
+                    if fail.is_none() {
                         p.target_vp = m.target_vp;
                     }
                     Ok(())
@@ -1478,7 +1542,7 @@ impl Server {
                 _ => Err(HostError::NotOpen(relid)),
             },
         };
-        let status = match (&check, self.faults.fail_modify) {
+        let status = match (&check, fail) {
             (Err(_), _) => STATUS_UNSUCCESSFUL,
             (Ok(()), Some(s)) => s,
             (Ok(()), None) => 0,
@@ -1514,4 +1578,108 @@ fn is_guest_message(t: MessageType) -> bool {
             | MessageType::TL_CONNECT_REQUEST
             | MessageType::MODIFY_CHANNEL
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::GpaRange;
+    use zerocopy::IntoBytes;
+
+    #[test]
+    fn reply_kind_bits_are_the_message_numbers() {
+        let pairs = [
+            (MessageType::OFFER_CHANNEL, ReplyKinds::OFFER_CHANNEL),
+            (MessageType::RESCIND_CHANNEL_OFFER, ReplyKinds::RESCIND_CHANNEL_OFFER),
+            (MessageType::ALL_OFFERS_DELIVERED, ReplyKinds::ALL_OFFERS_DELIVERED),
+            (MessageType::OPEN_CHANNEL_RESULT, ReplyKinds::OPEN_RESULT),
+            (MessageType::GPADL_CREATED, ReplyKinds::GPADL_CREATED),
+            (MessageType::GPADL_TORNDOWN, ReplyKinds::GPADL_TORNDOWN),
+            (MessageType::VERSION_RESPONSE, ReplyKinds::VERSION_RESPONSE),
+            (MessageType::UNLOAD_RESPONSE, ReplyKinds::UNLOAD_RESPONSE),
+            (MessageType::MODIFY_CHANNEL_RESPONSE, ReplyKinds::MODIFY_CHANNEL_RESPONSE),
+        ];
+        for (t, k) in pairs {
+            assert_eq!(ReplyKinds::of(t), k, "{t:?}");
+        }
+        // Guest-to-host types and out-of-range values map to nothing.
+        assert!(ReplyKinds::of(MessageType::OPEN_CHANNEL).is_empty());
+        assert!(ReplyKinds::of(MessageType(40)).is_empty());
+    }
+
+    #[test]
+    fn guest_message_set_matches_the_direction_table() {
+        let guest: Vec<u32> = (0..32).filter(|&t| is_guest_message(MessageType(t))).collect();
+        assert_eq!(guest, [3, 5, 7, 8, 9, 11, 13, 14, 16, 21, 22]);
+    }
+
+    #[test]
+    fn default_config_is_valid_and_distinct() {
+        let s = Server::new(ServerConfig::default()).unwrap();
+        let c = s.config();
+        assert_eq!(c.versions.len(), 10);
+        assert!(![1, 2, 3, 4].contains(&c.msg_conn_id));
+        // No signal id collides with a message/event/monitor connection.
+        for relid in 1..=c.max_relid {
+            let id = c.signal_connection_base + relid;
+            assert!(id > 4 && id != c.msg_conn_id && id <= CONNECTION_ID_MASK);
+        }
+    }
+
+    fn pending(rangecount: u16, bytes: Vec<u8>) -> PendingGpadl {
+        PendingGpadl { relid: 1, rangecount, declared_len: bytes.len(), bytes, next_msgnumber: 1 }
+    }
+
+    fn range(byte_offset: u32, byte_count: u32, pfns: &[u64]) -> Vec<u8> {
+        let mut v = GpaRange { byte_count, byte_offset }.as_bytes().to_vec();
+        for p in pfns {
+            v.extend_from_slice(&p.to_le_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn range_page_counts_follow_offset_and_length() {
+        // 1 byte at offset 4095 is one page; 2 bytes there span two.
+        assert_eq!(pending(1, range(4095, 1, &[7])).finish(0).unwrap()[0].pfns, [7]);
+        assert_eq!(pending(1, range(4095, 2, &[7, 8])).finish(0).unwrap()[0].pfns, [7, 8]);
+        assert_eq!(pending(1, range(4095, 2, &[7])).finish(0), Err(HostError::GpadlBadRanges { handle: 0 }));
+        // u32::MAX bytes: 2^20 pages needed, far more than present, no overflow.
+        assert_eq!(pending(1, range(100, u32::MAX, &[1])).finish(0), Err(HostError::GpadlBadRanges { handle: 0 }));
+        // A second range announced but absent.
+        assert_eq!(pending(2, range(0, 4096, &[1])).finish(3), Err(HostError::GpadlBadRanges { handle: 3 }));
+        // Trailing bytes after the last range.
+        let mut b = range(0, 4096, &[1]);
+        b.extend_from_slice(&[0; 8]);
+        assert_eq!(pending(1, b).finish(0), Err(HostError::GpadlBadRanges { handle: 0 }));
+        assert_eq!(pending(1, range(0, 4096, &[MAX_PFN + 1])).finish(0), Err(HostError::GpadlBadPfn { handle: 0 }));
+        assert_eq!(pending(1, range(0, 4096, &[MAX_PFN])).finish(0).unwrap()[0].pfns, [MAX_PFN]);
+    }
+
+    #[test]
+    fn append_never_exceeds_the_declared_length() {
+        let mut p = PendingGpadl { relid: 1, rangecount: 1, declared_len: 16, bytes: Vec::new(), next_msgnumber: 1 };
+        p.append(5, &[0; 8]).unwrap();
+        assert_eq!(p.append(5, &[0; 16]), Err(HostError::GpadlTooManyPfns { handle: 5 }));
+        assert_eq!(p.bytes.len(), 8);
+        p.append(5, &[0; 8]).unwrap();
+        assert!(p.is_complete());
+    }
+
+    #[test]
+    fn drop_once_drops_a_single_message() {
+        let mut s = Server::new(ServerConfig::default()).unwrap();
+        s.faults_mut().drop_once = ReplyKinds::VERSION_RESPONSE;
+        let ic = crate::message::InitiateContact::new(Version::WIN10_V5_3, 0, 2, 0, (0, 0));
+        let bytes = OutgoingMessage::new(&ChannelMessage::InitiateContact(ic)).unwrap();
+        s.handle_guest_message(MESSAGE_CONNECTION_ID_4, bytes.as_bytes()).unwrap();
+        assert!(s.pop_outgoing().is_none());
+        assert!(s.faults().drop_once.is_empty());
+        assert_eq!(s.counters().dropped_by_fault[MessageType::VERSION_RESPONSE.0 as usize], 1);
+        // The state changed as if the reply had been lost, and other kinds
+        // still go out.
+        let req = OutgoingMessage::new(&ChannelMessage::RequestOffers).unwrap();
+        s.handle_guest_message(0x2A, req.as_bytes()).unwrap();
+        assert_eq!(s.pop_outgoing().map(|m| m.message_type()), Some(MessageType::ALL_OFFERS_DELIVERED));
+    }
 }
