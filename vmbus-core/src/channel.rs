@@ -4,6 +4,7 @@
 //! buffer ([`ChannelReceiver`]). Nothing here allocates on the data path;
 //! the receive buffer is provided (or allocated) once at construction.
 
+use core::borrow::BorrowMut;
 use core::fmt;
 
 use crate::packet::{inband_header, IncomingPacket, PacketError, PacketType};
@@ -40,25 +41,26 @@ pub struct SignalCounters {
     pub signal_failures: u64,
 }
 
-/// The sending side of a guest channel: owns the outbound ring's writer.
+/// The sending side of a guest channel: owns the outbound ring's writer
+/// (`W` is a [`RingWriter`] or anything that lends one, e.g. `&mut RingWriter`).
 #[derive(Debug)]
-pub struct ChannelSender {
-    writer: RingWriter,
+pub struct ChannelSender<W = RingWriter> {
+    writer: W,
     connection_id: u32,
     counters: SignalCounters,
 }
 
-impl ChannelSender {
+impl<W: BorrowMut<RingWriter>> ChannelSender<W> {
     /// Wraps the outbound ring's writer; `connection_id` is the offer's
     /// connection id used for `signal_event`.
-    pub fn new(writer: RingWriter, connection_id: u32) -> Self {
+    pub fn new(writer: W, connection_id: u32) -> Self {
         ChannelSender { writer, connection_id, counters: SignalCounters::default() }
     }
 
     /// Queues one packet made of `segments` (starting with its descriptor).
     /// Visible to the host only after [`flush`](Self::flush).
     pub fn send(&mut self, segments: &[&[u8]]) -> Result<(), WriteError> {
-        self.writer.write(segments)
+        self.writer.borrow_mut().write(segments)
     }
 
     /// Queues an in-band packet (or completion) with `payload`.
@@ -70,13 +72,13 @@ impl ChannelSender {
         payload: &[u8],
     ) -> Result<(), ChannelError> {
         let header = inband_header(packet_type, flags, trans_id, payload.len()).map_err(ChannelError::Packet)?;
-        self.writer.write(&[&header, payload]).map_err(ChannelError::Write)
+        self.writer.borrow_mut().write(&[&header, payload]).map_err(ChannelError::Write)
     }
 
     /// Commits the queued packets and signals the host if the commit says
     /// so. Returns whether a signal was sent.
     pub fn flush<H: Hypervisor + ?Sized>(&mut self, hv: &H) -> Result<bool, ChannelError> {
-        let signal = self.writer.commit().map_err(ChannelError::Corrupt)?;
+        let signal = self.writer.borrow_mut().commit().map_err(ChannelError::Corrupt)?;
         if signal {
             self.counters.signals += 1;
             if !hv.signal_event(self.connection_id).is_success() {
@@ -93,12 +95,17 @@ impl ChannelSender {
 
     /// Ring counters.
     pub fn ring_counters(&self) -> RingCounters {
-        self.writer.counters()
+        self.writer.borrow().counters()
     }
 
     /// The ring writer, e.g. for `request_space` when full.
     pub fn writer_mut(&mut self) -> &mut RingWriter {
-        &mut self.writer
+        self.writer.borrow_mut()
+    }
+
+    /// Gives the writer back.
+    pub fn into_writer(self) -> W {
+        self.writer
     }
 }
 
@@ -114,21 +121,22 @@ pub struct PollOutcome {
     pub more: bool,
 }
 
-/// The receiving side of a guest channel: owns the inbound ring's reader and
-/// a private packet buffer (its size is the largest packet accepted).
+/// The receiving side of a guest channel: owns the inbound ring's reader
+/// (`R` is a [`RingReader`] or e.g. `&mut RingReader`) and a private packet
+/// buffer `B` (its size is the largest packet accepted).
 #[derive(Debug)]
-pub struct ChannelReceiver<B> {
-    reader: RingReader,
+pub struct ChannelReceiver<B, R = RingReader> {
+    reader: R,
     buffer: B,
     connection_id: u32,
     counters: SignalCounters,
     masked: bool,
 }
 
-impl<B: AsMut<[u8]>> ChannelReceiver<B> {
+impl<B: AsMut<[u8]>, R: BorrowMut<RingReader>> ChannelReceiver<B, R> {
     /// Wraps the inbound ring's reader; `buffer` (e.g. a `Vec<u8>` or a
     /// `&mut [u8]`) receives each packet's private copy.
-    pub fn new(reader: RingReader, buffer: B, connection_id: u32) -> Self {
+    pub fn new(reader: R, buffer: B, connection_id: u32) -> Self {
         ChannelReceiver { reader, buffer, connection_id, counters: SignalCounters::default(), masked: false }
     }
 
@@ -146,13 +154,13 @@ impl<B: AsMut<[u8]>> ChannelReceiver<B> {
     {
         let mut out = PollOutcome::default();
         if !self.masked {
-            self.reader.begin_read();
+            self.reader.borrow_mut().begin_read();
             self.masked = true;
         }
         loop {
             let mut drained = false;
             while out.delivered + out.skipped < budget {
-                match self.reader.read(self.buffer.as_mut()) {
+                match self.reader.borrow_mut().read(self.buffer.as_mut()) {
                     Ok(Some(p)) => {
                         on_packet(&p);
                         out.delivered += 1;
@@ -165,7 +173,7 @@ impl<B: AsMut<[u8]>> ChannelReceiver<B> {
                     Err(ReadError::TooLarge { .. } | ReadError::Malformed(_)) => out.skipped += 1,
                 }
             }
-            if self.reader.commit().map_err(ChannelError::Corrupt)? {
+            if self.reader.borrow_mut().commit().map_err(ChannelError::Corrupt)? {
                 self.counters.signals += 1;
                 if !hv.signal_event(self.connection_id).is_success() {
                     self.counters.signal_failures += 1;
@@ -177,10 +185,10 @@ impl<B: AsMut<[u8]>> ChannelReceiver<B> {
             }
             // Ring empty: unmask, and re-check for data that raced with us.
             self.masked = false;
-            if !self.reader.end_read().map_err(ChannelError::Corrupt)? {
+            if !self.reader.borrow_mut().end_read().map_err(ChannelError::Corrupt)? {
                 return Ok(out);
             }
-            self.reader.begin_read();
+            self.reader.borrow_mut().begin_read();
             self.masked = true;
         }
     }
@@ -192,11 +200,16 @@ impl<B: AsMut<[u8]>> ChannelReceiver<B> {
 
     /// Ring counters.
     pub fn ring_counters(&self) -> RingCounters {
-        self.reader.counters()
+        self.reader.borrow().counters()
     }
 
     /// The ring reader.
     pub fn reader_mut(&mut self) -> &mut RingReader {
-        &mut self.reader
+        self.reader.borrow_mut()
+    }
+
+    /// Gives the reader and the buffer back.
+    pub fn into_parts(self) -> (R, B) {
+        (self.reader, self.buffer)
     }
 }

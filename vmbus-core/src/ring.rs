@@ -290,12 +290,7 @@ pub mod protocol {
     /// Clears the interrupt mask and returns the write index seen after it
     /// (validated): if it differs from our read position, data arrived while
     /// the mask was set and the caller must drain again.
-    pub fn end_read<C: ControlWords>(
-        c: &C,
-        size: u32,
-        committed_read: u32,
-        next_read: u32,
-    ) -> Result<u32, Corruption> {
+    pub fn end_read<C: ControlWords>(c: &C, size: u32, committed_read: u32, next_read: u32) -> Result<u32, Corruption> {
         // Release: a writer that sees mask = 0 also sees our read_index.
         c.store_interrupt_mask(0, Ordering::Release);
         // Store mask, then load write_index (module docs, point 2).
@@ -813,13 +808,8 @@ impl RingWriter {
         if s.next_write == s.committed_write {
             return Ok(false);
         }
-        let r = protocol::writer_commit(
-            &s.mem.control(),
-            s.mem.data_size,
-            s.cached_read,
-            s.committed_write,
-            s.next_write,
-        );
+        let r =
+            protocol::writer_commit(&s.mem.control(), s.mem.data_size, s.cached_read, s.committed_write, s.next_write);
         let s = &mut *self.state;
         s.committed_write = s.next_write;
         s.counters.commits += 1;
@@ -1076,7 +1066,7 @@ impl RingReader {
 }
 
 #[cfg(feature = "alloc")]
-pub use owned::OwnedRing;
+pub use owned::{OwnedRing, RingPeer};
 
 #[cfg(feature = "alloc")]
 mod owned {
@@ -1165,21 +1155,55 @@ mod owned {
             })
         }
 
-        /// Both halves at once.
-        pub fn halves(&mut self) -> (&mut RingWriter, &mut RingReader) {
-            (&mut self.writer, &mut self.reader)
+        /// Both halves at once, plus a handle to play the peer with.
+        pub fn halves(&mut self) -> (&mut RingWriter, &mut RingReader, RingPeer<'_>) {
+            let peer = RingPeer { base: self.base, data_size: self.data_size, _ring: core::marker::PhantomData };
+            (&mut self.writer, &mut self.reader, peer)
         }
 
+        /// A handle to play the peer with (poke and peek shared memory).
+        pub fn peer(&self) -> RingPeer<'_> {
+            RingPeer { base: self.base, data_size: self.data_size, _ring: core::marker::PhantomData }
+        }
+
+        /// See [`RingPeer::poke_control`].
+        pub fn poke_control(&self, offset: usize, value: u32) {
+            self.peer().poke_control(offset, value)
+        }
+        /// See [`RingPeer::peek_control`].
+        pub fn peek_control(&self, offset: usize) -> u32 {
+            self.peer().peek_control(offset)
+        }
+        /// See [`RingPeer::poke_data`].
+        pub fn poke_data(&self, offset: usize, bytes: &[u8]) {
+            self.peer().poke_data(offset, bytes)
+        }
+        /// See [`RingPeer::peek_data`].
+        pub fn peek_data(&self, offset: usize, out: &mut [u8]) {
+            self.peer().peek_data(offset, out)
+        }
+    }
+
+    /// Raw access to an [`OwnedRing`]'s memory, for tests playing a
+    /// misbehaving peer. Borrows the ring so the memory stays alive.
+    #[derive(Clone, Copy, Debug)]
+    pub struct RingPeer<'a> {
+        base: NonNull<u8>,
+        data_size: u32,
+        _ring: core::marker::PhantomData<&'a OwnedRing>,
+    }
+
+    impl RingPeer<'_> {
         /// Stores `value` into the control word at `offset` (one of
-        /// [`ring_control`]'s offsets, or any 4-aligned offset < 4096),
-        /// playing the peer. Ignores bad offsets.
+        /// [`ring_control`]'s offsets, or any 4-aligned offset < 4096).
+        /// Ignores bad offsets.
         pub fn poke_control(&self, offset: usize, value: u32) {
             if offset < HV_PAGE_SIZE && offset % 4 == 0 {
                 SharedControl { header: self.base }.word(offset).store(value, Ordering::SeqCst);
             }
         }
 
-        /// Loads the control word at `offset` (see [`poke_control`](Self::poke_control)).
+        /// Loads the control word at `offset` (0 for a bad offset).
         pub fn peek_control(&self, offset: usize) -> u32 {
             if offset < HV_PAGE_SIZE && offset % 4 == 0 {
                 SharedControl { header: self.base }.word(offset).load(Ordering::SeqCst)
@@ -1195,7 +1219,8 @@ mod owned {
                 return;
             }
             let n = bytes.len().min(size - offset);
-            // SAFETY: [offset, offset + n) is inside the data area.
+            // SAFETY: [offset, offset + n) is inside the data area, which
+            // lives as long as the borrowed OwnedRing.
             unsafe {
                 core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.as_ptr().add(HV_PAGE_SIZE + offset), n);
             }
@@ -1208,7 +1233,7 @@ mod owned {
                 return;
             }
             let n = out.len().min(size - offset);
-            // SAFETY: [offset, offset + n) is inside the data area.
+            // SAFETY: as in poke_data.
             unsafe {
                 core::ptr::copy_nonoverlapping(self.base.as_ptr().add(HV_PAGE_SIZE + offset), out.as_mut_ptr(), n);
             }
