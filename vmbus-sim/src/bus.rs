@@ -414,7 +414,7 @@ impl Bus {
                         }
                     }
                 }
-                ServerEvent::RelidReleased { relid } => {
+                ServerEvent::RelidReleased { relid } | ServerEvent::OfferRemoved { relid } => {
                     // The port goes with the relid; the server may reuse it.
                     if let Some(conn) = self.relid_conn.remove(&relid) {
                         hv.remove_event_port(conn);

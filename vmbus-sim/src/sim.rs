@@ -76,8 +76,6 @@ struct Injector {
     /// A preparatory switch was set (drop reply, hold opens).
     prepared: bool,
     injected: bool,
-    /// A temporary host fault switch is to be cleared after it fired.
-    restore_pending: bool,
     target: Option<u32>,
     before: Option<GuestStats>,
     step: u64,
@@ -196,7 +194,6 @@ impl Sim {
                     }
                 }
             }
-            self.finish_fault();
         }
         self.report(stuck)
     }
@@ -218,9 +215,8 @@ impl Sim {
         let Some(kind) = self.config.fault else { return };
         match kind {
             FaultKind::DroppedReply(t) if t == MessageType::VERSION_RESPONSE || t == MessageType::UNLOAD_RESPONSE => {
-                self.bus.server_mut().faults_mut().drop_replies = ReplyKinds::of(t);
+                self.bus.server_mut().faults_mut().drop_once = ReplyKinds::of(t);
                 self.injector.prepared = true;
-                self.injector.restore_pending = true;
                 self.injector.armed_at = Some(0);
             }
             FaultKind::Rescind(RescindPoint::DuringOpen) => {
@@ -333,27 +329,12 @@ impl Sim {
                     self.bus.rescind(t);
                 }
             }
-            FaultKind::DroppedReply(t) => {
-                self.bus.server_mut().faults_mut().drop_replies = ReplyKinds::of(t);
-                self.injector.restore_pending = true;
-            }
+            FaultKind::DroppedReply(t) => self.bus.server_mut().faults_mut().drop_once = ReplyKinds::of(t),
             FaultKind::HostStopsAnswering => self.bus.set_silent(true),
             FaultKind::HypercallBusy => {
                 let n = 3 + self.rng.below(40) as u32;
                 self.hv.refuse_next_posts(n);
             }
-        }
-    }
-
-    /// Clears a one-shot host switch once it has fired.
-    fn finish_fault(&mut self) {
-        if !self.injector.restore_pending {
-            return;
-        }
-        let c = self.bus.server().counters();
-        if c.dropped_by_fault.iter().sum::<u64>() > 0 {
-            self.bus.server_mut().faults_mut().drop_replies = ReplyKinds::empty();
-            self.injector.restore_pending = false;
         }
     }
 
@@ -370,7 +351,6 @@ impl Sim {
             let c = self.bus.server().counters();
             if c.dropped_by_fault[MessageType::GPADL_CREATED.0 as usize] > 0 {
                 let target = self.injector.target;
-                self.bus.server_mut().faults_mut().drop_replies = ReplyKinds::empty();
                 self.record_injection();
                 if let Some(t) = target {
                     self.bus.rescind(t);
@@ -382,7 +362,7 @@ impl Sim {
             if self.echo_relids.contains(&relid) {
                 self.injector.target = Some(relid);
                 self.injector.prepared = true;
-                self.bus.server_mut().faults_mut().drop_replies = ReplyKinds::GPADL_CREATED;
+                self.bus.server_mut().faults_mut().drop_once = ReplyKinds::GPADL_CREATED;
             }
         }
     }
