@@ -8,6 +8,7 @@
 //! an open failed, a wait timed out...). `Outcome::NotDetected` means the
 //! guest did not react, which scenarios treat as a failed expectation.
 
+use crate::guest::Observation;
 use core::fmt;
 use vmbus_core::message::MessageType;
 
@@ -191,7 +192,7 @@ impl fmt::Display for Outcome {
             Outcome::ChannelShutDown => "corruption detected, channel shut down cleanly",
             Outcome::OpenAborted => "open aborted cleanly, memory freed, relid released",
             Outcome::ChannelRemoved => "channel closed and released",
-            Outcome::TimedOut => "guest timed out waiting and cleaned up",
+            Outcome::TimedOut => "guest gave up the wait (no hang); memory the host may map kept until unload",
             Outcome::Retried => "transient status retried, message delivered",
             Outcome::NotDetected => "NOT DETECTED",
         })
@@ -207,4 +208,21 @@ pub struct FaultRecord {
     pub kind: FaultKind,
     /// How the guest handled it.
     pub outcome: Outcome,
+    /// The first thing the guest noticed after the injection.
+    pub observed: Option<Observation>,
+}
+
+impl Outcome {
+    /// Whether `o` is the kind of observation that goes with this outcome.
+    pub fn matches(self, o: &Observation) -> bool {
+        matches!(
+            (self, o),
+            (Outcome::MessageRejected, Observation::MessageRejected(_) | Observation::SlotRejected(_))
+                | (Outcome::PacketRejected, Observation::PacketRejected { .. })
+                | (Outcome::ChannelShutDown, Observation::RingFailed { .. })
+                | (Outcome::OpenAborted | Outcome::ChannelRemoved, Observation::Rescinded { .. })
+                | (Outcome::TimedOut, Observation::ChannelTimedOut { .. } | Observation::ConnectionTimedOut(_))
+                | (Outcome::Retried, Observation::PostRetried { .. })
+        )
+    }
 }

@@ -27,12 +27,12 @@ use core::cell::Cell;
 use core::fmt;
 use vmbus_core::channel::{ChannelError, ChannelReceiver, ChannelSender};
 use vmbus_core::client::{
-    post_with_retry, ChannelState, Client, ClientConfig, ClientEvent, ConnectionState, OpStatus, OpenParams,
-    TeardownOutcome,
+    post_with_retry, ChannelState, Client, ClientConfig, ClientError, ClientEvent, ConnectionState, OpStatus,
+    OpenParams, TeardownOutcome,
 };
 use vmbus_core::gpadl::GpaRangeRef;
 use vmbus_core::guid::Guid;
-use vmbus_core::hv::{HvMessage, HvStatus};
+use vmbus_core::hv::{HvMessage, HvStatus, SynicMessageError};
 use vmbus_core::message::MessageType;
 use vmbus_core::packet::{PacketType, FLAG_COMPLETION_REQUESTED};
 use vmbus_core::platform::{Hypervisor, SharedMemory, SharedRegion};
@@ -131,6 +131,73 @@ pub struct GuestStats {
     /// Unload completed.
     pub unloaded: bool,
 }
+
+/// Something the guest noticed about the host's behaviour (kept in a
+/// bounded log, so a fault's effect can be shown next to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observation {
+    /// The client rejected a host message.
+    MessageRejected(ClientError),
+    /// A SynIC slot was refused before parsing.
+    SlotRejected(SynicMessageError),
+    /// A channel's ring failed; the channel is being shut down.
+    RingFailed {
+        /// Channel.
+        relid: u32,
+        /// Why.
+        error: ChannelError,
+    },
+    /// A packet was refused (unknown type, or an id not outstanding).
+    PacketRejected {
+        /// Channel.
+        relid: u32,
+        /// Packet type.
+        packet_type: u16,
+        /// Transaction id.
+        transaction_id: u64,
+    },
+    /// The host rescinded a channel the guest was using.
+    Rescinded {
+        /// Channel.
+        relid: u32,
+        /// Where the channel was.
+        phase: Phase,
+    },
+    /// A wait on a channel was abandoned.
+    ChannelTimedOut {
+        /// Channel.
+        relid: u32,
+        /// What it waited in.
+        phase: Phase,
+    },
+    /// A connection-level wait was abandoned.
+    ConnectionTimedOut(GuestPhase),
+    /// Posting needed retries (transient statuses).
+    PostRetried {
+        /// Retries in one guest step.
+        retries: u64,
+    },
+}
+
+impl fmt::Display for Observation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Observation::MessageRejected(e) => write!(f, "client rejected: {e}"),
+            Observation::SlotRejected(e) => write!(f, "SynIC slot refused: {e:?}"),
+            Observation::RingFailed { relid, error } => write!(f, "relid {relid}: {error}"),
+            Observation::PacketRejected { relid, packet_type, transaction_id } => {
+                write!(f, "relid {relid}: packet type {packet_type} with transaction id {transaction_id:#x} refused")
+            }
+            Observation::Rescinded { relid, phase } => write!(f, "relid {relid} rescinded while {phase:?}"),
+            Observation::ChannelTimedOut { relid, phase } => write!(f, "relid {relid}: gave up waiting in {phase:?}"),
+            Observation::ConnectionTimedOut(p) => write!(f, "gave up waiting in {p:?}"),
+            Observation::PostRetried { retries } => write!(f, "HvPostMessage retried {retries} time(s)"),
+        }
+    }
+}
+
+/// Observations kept.
+const OBSERVATION_LOG: usize = 256;
 
 /// What a channel is waiting for, or where it ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +320,7 @@ pub struct Guest {
     to_poll: Vec<u32>,
     stats: GuestStats,
     rng: SplitMix64,
+    observations: Vec<Observation>,
 }
 
 impl fmt::Debug for Guest {
@@ -281,6 +349,7 @@ impl Guest {
             to_poll: Vec::new(),
             stats: GuestStats::default(),
             rng: SplitMix64::new(seed ^ 0x6775_6573_7400_0000),
+            observations: Vec::new(),
         }
     }
 
@@ -289,6 +358,15 @@ impl Guest {
         let mut s = self.stats;
         s.messages_rejected = self.client.counters().rejected_total();
         s
+    }
+
+    /// What the guest noticed, oldest first (bounded).
+    pub fn observations(&self) -> &[Observation] {
+        &self.observations
+    }
+
+    fn observe(&mut self, o: Observation) {
+        observe(&mut self.observations, o);
     }
 
     /// The connection phase.
@@ -377,10 +455,12 @@ impl Guest {
         match self.phase {
             GuestPhase::Contacting | GuestPhase::Enumerating if self.now - self.wait_since > limit => {
                 self.stats.timeouts += 1;
+                observe(&mut self.observations, Observation::ConnectionTimedOut(self.phase));
                 self.phase = GuestPhase::Failed;
             }
             GuestPhase::Unloading if self.now - self.wait_since > limit => {
                 self.stats.timeouts += 1;
+                observe(&mut self.observations, Observation::ConnectionTimedOut(self.phase));
                 self.phase = GuestPhase::Done;
             }
             GuestPhase::Running => {
@@ -389,6 +469,10 @@ impl Guest {
                         || (c.phase == Phase::Open && (!c.outstanding.is_empty() || c.blocked));
                     if waiting && self.now - c.wait_since > limit {
                         self.stats.timeouts += 1;
+                        observe(
+                            &mut self.observations,
+                            Observation::ChannelTimedOut { relid: c.relid, phase: c.phase },
+                        );
                         c.sender = None;
                         c.receiver = None;
                         c.phase = Phase::Abandoned;
@@ -435,6 +519,9 @@ impl Guest {
             _ => false,
         };
         self.stats.post_retries += retries.get();
+        if retries.get() > 0 {
+            self.observe(Observation::PostRetried { retries: retries.get() });
+        }
         self.stats.contact_attempts += contacts.get();
         worked
     }
@@ -447,12 +534,17 @@ impl Guest {
         match HvMessage::parse(&raw) {
             Ok((_, payload)) => {
                 let mut events = Vec::new();
-                let _ = self.client.handle_message(payload, hv, &mut |e| events.push(e));
+                if let Err(e) = self.client.handle_message(payload, hv, &mut |e| events.push(e)) {
+                    self.observe(Observation::MessageRejected(e));
+                }
                 for e in events {
                     self.on_event(e, mem, hv);
                 }
             }
-            Err(_) => self.stats.bad_slots += 1,
+            Err(e) => {
+                self.stats.bad_slots += 1;
+                self.observe(Observation::SlotRejected(e));
+            }
         }
         if pending {
             synic.eom();
@@ -573,6 +665,7 @@ impl Guest {
             ClientEvent::Rescinded { relid } => {
                 if let Some(c) = self.channels.get_mut(&relid) {
                     c.rescinded_open = c.phase == Phase::Open;
+                    observe(&mut self.observations, Observation::Rescinded { relid, phase: c.phase });
                     // Stop touching the rings at once.
                     c.sender = None;
                     c.receiver = None;
@@ -778,20 +871,27 @@ impl Guest {
                     match sender.writer_mut().request_space(needed) {
                         Ok(true) => {}
                         Ok(false) => c.blocked = true,
-                        Err(_) => c.shut_down = true,
+                        Err(c2) => {
+                            c.shut_down = true;
+                            observe(
+                                &mut self.observations,
+                                Observation::RingFailed { relid, error: ChannelError::Corrupt(c2) },
+                            );
+                        }
                     }
                     break;
                 }
-                Err(_) => {
+                Err(error) => {
                     c.outstanding.take(tid);
                     c.shut_down = true;
+                    observe(&mut self.observations, Observation::RingFailed { relid, error });
                     break;
                 }
             }
         }
-        match sender.flush(hv) {
-            Ok(_) => {}
-            Err(_) => c.shut_down = true,
+        if let Err(error) = sender.flush(hv) {
+            c.shut_down = true;
+            observe(&mut self.observations, Observation::RingFailed { relid, error });
         }
         if sent > 0 {
             c.wait_since = self.now;
@@ -824,7 +924,10 @@ impl Guest {
                     self.to_poll.push(relid);
                 }
             }
-            Err(_) => c.shut_down = true,
+            Err(error) => {
+                c.shut_down = true;
+                observe(&mut self.observations, Observation::RingFailed { relid, error });
+            }
         }
         for (ptype, _flags, tid, payload) in got {
             self.stats.packets_received += 1;
@@ -849,6 +952,8 @@ impl Guest {
                         self.stats.echo_mismatches += 1;
                     } else {
                         self.stats.packets_rejected += 1;
+                        let o = Observation::PacketRejected { relid, packet_type: ptype, transaction_id: tid };
+                        observe(&mut self.observations, o);
                     }
                 }
                 PacketType::COMPLETION => {
@@ -857,9 +962,15 @@ impl Guest {
                         self.stats.completions += 1;
                     } else {
                         self.stats.packets_rejected += 1;
+                        let o = Observation::PacketRejected { relid, packet_type: ptype, transaction_id: tid };
+                        observe(&mut self.observations, o);
                     }
                 }
-                _ => self.stats.packets_rejected += 1,
+                _ => {
+                    self.stats.packets_rejected += 1;
+                    let o = Observation::PacketRejected { relid, packet_type: ptype, transaction_id: tid };
+                    observe(&mut self.observations, o);
+                }
             }
         }
     }
@@ -916,5 +1027,11 @@ fn free_region(mem: &GuestMemory, c: &mut GuestChannel) {
         // has established that the host no longer maps it (GPADL never
         // created, torn down, rescinded and released locally, or unloaded).
         mem.release(region);
+    }
+}
+
+fn observe(log: &mut Vec<Observation>, o: Observation) {
+    if log.len() < OBSERVATION_LOG {
+        log.push(o);
     }
 }

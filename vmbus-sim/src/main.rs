@@ -5,14 +5,19 @@
 //! vmbus-sim demo [--seed N]            every scenario, printed readably
 //! vmbus-sim scenario <name> [--seed N] one scenario
 //! vmbus-sim list                       scenario names
+//! vmbus-sim soak [--seeds N] [--jobs J] every scenario with seeds 1..=N on J threads
 //! ```
 //!
 //! Exit status 0 when every expectation held, 1 otherwise, 2 on bad usage.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use vmbus_sim::report::Report;
 use vmbus_sim::scenario::Scenario;
 
-const USAGE: &str = "usage: vmbus-sim demo [--seed N] | scenario <name> [--seed N] | list";
+const USAGE: &str =
+    "usage: vmbus-sim demo [--seed N] | scenario <name> [--seed N] | list | soak [--seeds N] [--jobs N]";
 
 fn parse_seed(args: &[String]) -> Result<u64, String> {
     let mut seed = 1;
@@ -52,26 +57,25 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            println!("vmbus-sim demo: simulated Hyper-V host vs. the vmbus-core guest, seed {seed:#x}\n");
-            let mut failed = Vec::new();
-            let all = Scenario::all();
-            for s in &all {
-                let r = s.run(seed);
-                println!("{r}");
-                if !r.passed() {
-                    failed.push(s.name());
-                }
-            }
-            println!("{} scenarios, {} passed, {} failed", all.len(), all.len() - failed.len(), failed.len());
-            for f in &failed {
-                println!("  FAILED: {f}");
-            }
-            if failed.is_empty() {
+            if demo(seed) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             }
         }
+        "soak" => match parse_soak(&args[1..]) {
+            Ok((seeds, jobs)) => {
+                if soak(seeds, jobs) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
         "scenario" => {
             let Some(name) = args.get(1) else {
                 eprintln!("{USAGE}");
@@ -101,4 +105,98 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Runs every scenario with `seed`, printing the happy path and the
+/// sub-channel run in full and the rest as one block each. Returns whether all passed.
+fn demo(seed: u64) -> bool {
+    println!("vmbus-sim demo: the vmbus-core guest against the simulated Hyper-V host, seed {seed:#x}");
+    let all = Scenario::all();
+    let reports: Vec<(Scenario, Report)> = all.iter().map(|s| (*s, s.run(seed))).collect();
+    let section = |title: &str| println!("\n--- {title} ---");
+    section("happy path (full report)");
+    for (s, r) in &reports {
+        if matches!(s, Scenario::Happy) {
+            print!("{r}");
+        }
+    }
+    section("version negotiation: host restricted to one older version each");
+    for (s, r) in &reports {
+        if matches!(s, Scenario::VersionFallback(_)) {
+            println!("{}", r.summary());
+        }
+    }
+    section("sub-channels (full report)");
+    for (s, r) in &reports {
+        if matches!(s, Scenario::SubChannels) {
+            print!("{r}");
+        }
+    }
+    section("fault injection: one fault per run, how the guest handled it");
+    for (s, r) in &reports {
+        if let Scenario::Fault(kind) = s {
+            let _ = kind;
+            println!("{}", r.summary());
+        }
+    }
+    let failed: Vec<&Report> = reports.iter().map(|(_, r)| r).filter(|r| !r.passed()).collect();
+    let packets: u64 = reports.iter().map(|(_, r)| r.packets_sent + r.packets_received).sum();
+    let bytes: u64 = reports.iter().map(|(_, r)| r.bytes_sent + r.bytes_received).sum();
+    let faults: usize = reports.iter().map(|(_, r)| r.faults.len()).sum();
+    println!(
+        "\n{} scenarios: {} passed, {} failed; {} packets and {} bytes moved in all; {} faults injected, {} handled",
+        reports.len(),
+        reports.len() - failed.len(),
+        failed.len(),
+        packets,
+        bytes,
+        faults,
+        reports.iter().flat_map(|(_, r)| &r.faults).filter(|f| f.outcome.handled()).count()
+    );
+    for r in &failed {
+        println!("  FAILED: {}", r.scenario_name);
+    }
+    failed.is_empty()
+}
+
+fn parse_soak(args: &[String]) -> Result<(u64, usize), String> {
+    let (mut seeds, mut jobs) = (20u64, 2usize);
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).ok_or(format!("{} needs a value", args[i]))?;
+        match args[i].as_str() {
+            "--seeds" => seeds = v.parse().map_err(|_| format!("bad count {v:?}"))?,
+            "--jobs" => jobs = v.parse().map_err(|_| format!("bad count {v:?}"))?,
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+        i += 2;
+    }
+    Ok((seeds, jobs.max(1)))
+}
+
+/// Every scenario with seeds 1..=`seeds`, spread over `jobs` threads (each
+/// simulation is single-threaded and self-contained). Prints failures only.
+fn soak(seeds: u64, jobs: usize) -> bool {
+    let work: Vec<(Scenario, u64)> =
+        Scenario::all().into_iter().flat_map(|s| (1..=seeds).map(move |seed| (s, seed))).collect();
+    let next = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(s, seed)) = work.get(i) else { break };
+                let r = s.run(seed);
+                if !r.passed() {
+                    failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{r}"));
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    for f in &failures {
+        println!("{f}");
+    }
+    println!("soak: {} runs on {jobs} thread(s), {} failed", work.len(), failures.len());
+    failures.is_empty()
 }

@@ -139,6 +139,49 @@ impl Report {
     }
 }
 
+impl Report {
+    /// One line: name, verdict and the essentials (for the demo's tables).
+    pub fn summary(&self) -> Summary<'_> {
+        Summary(self)
+    }
+}
+
+/// One-line form of a [`Report`].
+#[derive(Debug)]
+pub struct Summary<'a>(&'a Report);
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        write!(f, "{:<4} {:<42}", if r.passed() { "PASS" } else { "FAIL" }, r.scenario_name)?;
+        match r.version {
+            Some(v) => write!(f, " v{v:<4} ({} contact)", r.contact_attempts)?,
+            None => write!(f, " no version ({} contact)", r.contact_attempts)?,
+        }
+        write!(
+            f,
+            " {} open, {}/{} echoed, {} sig out, {} irq in, unload {}",
+            r.channels_opened,
+            r.echoes_verified,
+            r.packets_sent,
+            r.guest_signals,
+            r.event_interrupts,
+            if r.unloaded { "ok" } else { "-" }
+        )?;
+        for fr in &r.faults {
+            write!(f, "\n       fault at step {}: {}", fr.step, fr.kind)?;
+            if let Some(o) = &fr.observed {
+                write!(f, "\n         guest saw: {o}")?;
+            }
+            write!(f, "\n         handled:   {}", fr.outcome)?;
+        }
+        for e in &r.failures {
+            write!(f, "\n       EXPECTATION FAILED: {e:?}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -195,7 +238,11 @@ impl fmt::Display for Report {
         } else {
             writeln!(f, "  faults injected: {}", self.faults.len())?;
             for r in &self.faults {
-                writeln!(f, "    step {:>5}: {} -> {}", r.step, r.kind, r.outcome)?;
+                writeln!(f, "    step {:>5}: {}", r.step, r.kind)?;
+                if let Some(o) = &r.observed {
+                    writeln!(f, "                 guest saw: {o}")?;
+                }
+                writeln!(f, "                 handled:   {}", r.outcome)?;
             }
         }
         writeln!(f, "  unload: {}   steps: {}", if self.unloaded { "complete" } else { "not done" }, self.steps)?;

@@ -78,6 +78,8 @@ struct Injector {
     injected: bool,
     target: Option<u32>,
     before: Option<GuestStats>,
+    /// Length of the guest's observation log at the injection.
+    observed_from: usize,
     step: u64,
 }
 
@@ -341,6 +343,7 @@ impl Sim {
     fn record_injection(&mut self) {
         self.injector.injected = true;
         self.injector.before = Some(self.guest.stats());
+        self.injector.observed_from = self.guest.observations().len();
         self.injector.step = self.sched.steps();
     }
 
@@ -525,7 +528,10 @@ impl Sim {
         let mut faults = Vec::new();
         if let Some(kind) = self.config.fault {
             if self.injector.injected {
-                faults.push(FaultRecord { step: self.injector.step, kind, outcome: self.judge(kind) });
+                let outcome = self.judge(kind);
+                let after = self.guest.observations().get(self.injector.observed_from..).unwrap_or(&[]);
+                let observed = after.iter().find(|o| outcome.matches(o)).or(after.first()).copied();
+                faults.push(FaultRecord { step: self.injector.step, kind, outcome, observed });
             }
         }
         let mut report = Report {
