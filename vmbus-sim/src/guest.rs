@@ -249,8 +249,10 @@ struct GuestChannel {
     blocked: bool,
     /// The channel was shut down for corruption (close in progress).
     shut_down: bool,
-    /// Was rescinded while open (as opposed to during the open sequence).
+    /// Was rescinded after it had been open (as opposed to during the open sequence).
     rescinded_open: bool,
+    /// The channel reached the open state at some point.
+    was_open: bool,
 }
 
 /// An offer the guest saw (kept for the report).
@@ -586,6 +588,7 @@ impl Guest {
                             blocked: false,
                             shut_down: false,
                             rescinded_open: false,
+                            was_open: false,
                         },
                     );
                 }
@@ -636,6 +639,7 @@ impl Guest {
                     OpStatus::Success => {
                         if attach_rings(c, mem, self.config.ring_pages) {
                             c.phase = Phase::Open;
+                            c.was_open = true;
                             c.wait_since = self.now;
                             self.stats.channels_opened += 1;
                         } else {
@@ -664,7 +668,7 @@ impl Guest {
             }
             ClientEvent::Rescinded { relid } => {
                 if let Some(c) = self.channels.get_mut(&relid) {
-                    c.rescinded_open = c.phase == Phase::Open;
+                    c.rescinded_open = c.was_open;
                     observe(&mut self.observations, Observation::Rescinded { relid, phase: c.phase });
                     // Stop touching the rings at once.
                     c.sender = None;
@@ -956,15 +960,9 @@ impl Guest {
                         observe(&mut self.observations, o);
                     }
                 }
-                PacketType::COMPLETION => {
-                    // Only for an id that is outstanding and asked for one.
-                    if c.outstanding.take_if(tid, |o| o.completion).is_some() {
-                        self.stats.completions += 1;
-                    } else {
-                        self.stats.packets_rejected += 1;
-                        let o = Observation::PacketRejected { relid, packet_type: ptype, transaction_id: tid };
-                        observe(&mut self.observations, o);
-                    }
+                // Only for an id that is outstanding and asked for one.
+                PacketType::COMPLETION if c.outstanding.take_if(tid, |o| o.completion).is_some() => {
+                    self.stats.completions += 1;
                 }
                 _ => {
                     self.stats.packets_rejected += 1;

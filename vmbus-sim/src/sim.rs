@@ -70,9 +70,8 @@ impl SimConfig {
 /// Fault-injection progress.
 #[derive(Clone, Copy, Debug, Default)]
 struct Injector {
-    /// Scheduler steps to wait after the trigger condition first holds.
-    delay: u64,
-    armed_at: Option<u64>,
+    /// Packets the guest must have received before a traffic-phase fault fires.
+    threshold: u64,
     /// A preparatory switch was set (drop reply, hold opens).
     prepared: bool,
     injected: bool,
@@ -134,7 +133,7 @@ impl Sim {
             bus.add_offer_only(interface::HEARTBEAT, Guid::from_fields(0x5d00_0002, 0, 0, [0; 8]), &hv)?;
         }
         let mut rng = SplitMix64::new(config.seed ^ 0xFA17_0000_0000_0000);
-        let injector = Injector { delay: rng.below(40), ..Injector::default() };
+        let injector = Injector { threshold: rng.below(24), ..Injector::default() };
         let guest = Guest::new(config.guest.clone(), config.seed, &mem);
         Some(Sim {
             guest,
@@ -219,7 +218,6 @@ impl Sim {
             FaultKind::DroppedReply(t) if t == MessageType::VERSION_RESPONSE || t == MessageType::UNLOAD_RESPONSE => {
                 self.bus.server_mut().faults_mut().drop_once = ReplyKinds::of(t);
                 self.injector.prepared = true;
-                self.injector.armed_at = Some(0);
             }
             FaultKind::Rescind(RescindPoint::DuringOpen) => {
                 self.bus.set_hold_opens(true);
@@ -229,44 +227,58 @@ impl Sim {
         }
     }
 
-    /// The echo relid the fault targets: the first echo channel the guest tracks.
-    fn pick_target(&mut self) -> Option<u32> {
-        if self.injector.target.is_none() {
-            let candidates: Vec<u32> =
-                self.echo_relids.iter().copied().filter(|r| self.guest.channel_phase(*r).is_some()).collect();
-            if candidates.is_empty() {
-                return None;
-            }
+    /// Echo channels the guest has open with at least `min_left` packets still to send.
+    fn open_echo_channels(&self, min_left: u32) -> Vec<u32> {
+        self.echo_relids
+            .iter()
+            .copied()
+            .filter(|&r| self.guest.channel_phase(r) == Some(Phase::Open) && self.guest.packets_left(r) >= min_left)
+            .collect()
+    }
+
+    /// Picks the fault's target among `candidates` (at random, once).
+    fn choose_target(&mut self, candidates: &[u32]) -> Option<u32> {
+        if self.injector.target.is_none() && !candidates.is_empty() {
             let i = self.rng.below(candidates.len() as u64) as usize;
             self.injector.target = Some(candidates[i]);
         }
         self.injector.target
     }
 
+    /// Whether the fault may fire now; sets the target for channel faults.
+    /// `threshold` (seeded) spreads injections over the traffic phase.
     fn trigger_holds(&mut self, kind: FaultKind) -> bool {
         let running = self.guest.phase() == GuestPhase::Running;
-        let gs = self.guest.stats();
+        let received = self.guest.stats().packets_received;
+        let threshold = self.injector.threshold;
         match kind {
             FaultKind::MalformedMessage(_) | FaultKind::HypercallBusy => {
-                running && self.echo_relids.iter().any(|r| self.guest.channel_phase(*r) == Some(Phase::Open))
+                running && received >= threshold && !self.open_echo_channels(0).is_empty()
             }
-            FaultKind::MalformedPacket(_) | FaultKind::HostStopsAnswering => {
-                running
-                    && gs.packets_received >= 2
-                    && self.pick_target().is_some_and(|t| self.guest.channel_phase(t) == Some(Phase::Open))
+            FaultKind::MalformedPacket(_)
+            | FaultKind::HostStopsAnswering
+            | FaultKind::Rescind(RescindPoint::MidTraffic) => {
+                if !running || received < 2 + threshold {
+                    return false;
+                }
+                let open = self.open_echo_channels(0);
+                !open.is_empty() && self.choose_target(&open).is_some()
             }
             FaultKind::CorruptRingIndex(_) => {
-                running
-                    && gs.packets_received >= 1
-                    && self.pick_target().is_some_and(|t| {
-                        self.guest.channel_phase(t) == Some(Phase::Open) && self.guest.packets_left(t) >= 8
-                    })
+                // The outbound fault is only seen by a guest that still sends.
+                if !running || received < 1 + threshold / 4 {
+                    return false;
+                }
+                let open = self.open_echo_channels(8);
+                !open.is_empty() && self.choose_target(&open).is_some()
             }
-            FaultKind::Rescind(RescindPoint::AfterOffer) => self.bus.server().offers_requested(),
-            FaultKind::Rescind(RescindPoint::MidTraffic) => {
-                running
-                    && gs.packets_received >= 2
-                    && self.pick_target().is_some_and(|t| self.guest.channel_phase(t) == Some(Phase::Open))
+            FaultKind::Rescind(RescindPoint::AfterOffer) => {
+                if !self.bus.server().offers_requested() {
+                    return false;
+                }
+                // The guest tracks nothing yet: pick among the offered echo channels.
+                let all = self.echo_relids.clone();
+                self.choose_target(&all).is_some()
             }
             FaultKind::DroppedReply(_) => running,
             _ => false,
@@ -300,15 +312,6 @@ impl Sim {
         if !self.trigger_holds(kind) {
             return;
         }
-        let now = self.sched.steps();
-        let armed = *self.injector.armed_at.get_or_insert(now);
-        let delay = match kind {
-            FaultKind::Rescind(RescindPoint::AfterOffer) | FaultKind::DroppedReply(_) => 0,
-            _ => self.injector.delay,
-        };
-        if now < armed + delay {
-            return;
-        }
         self.record_injection();
         match kind {
             FaultKind::MalformedMessage(m) => self.inject_message(m),
@@ -319,15 +322,7 @@ impl Sim {
                 }
             }
             FaultKind::Rescind(_) => {
-                // Right after the offers the guest tracks nothing yet: pick
-                // among the offered echo channels.
-                let target = self.pick_target().or_else(|| {
-                    let n = self.echo_relids.len() as u64;
-                    let t = self.echo_relids.get(self.rng.below(n) as usize).copied();
-                    self.injector.target = t;
-                    t
-                });
-                if let Some(t) = target {
+                if let Some(t) = self.injector.target {
                     self.bus.rescind(t);
                 }
             }
@@ -400,7 +395,7 @@ impl Sim {
     }
 
     fn inject_message(&mut self, fault: MessageFault) {
-        let target = self.pick_target().unwrap_or(1);
+        let target = self.open_echo_channels(0).first().copied().unwrap_or(1);
         let bytes: Vec<u8> = match fault {
             MessageFault::Truncated => fake_offer(target + 100).as_bytes()[..100].to_vec(),
             MessageFault::UnknownType => {

@@ -152,3 +152,13 @@ fn step_budget_bounds_a_run() {
     assert!(r.budget_exhausted);
     assert_eq!(r.steps, 20);
 }
+
+#[test]
+fn every_scenario_passes_for_forty_consecutive_seeds() {
+    // Sweeps interleavings and injection points; each run is a few ms.
+    for s in Scenario::all() {
+        for seed in 100..140 {
+            assert_passes(s, seed);
+        }
+    }
+}
