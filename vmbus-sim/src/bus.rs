@@ -663,3 +663,127 @@ impl Bus {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::echo::EchoDevice;
+    use vmbus_core::gpadl::{GpaRangeRef, GpadlMessages};
+    use vmbus_core::hv::HvMessage;
+    use vmbus_core::message::{ChannelMessage, InitiateContact, MessageHeader, MessageType, OpenChannel};
+    use vmbus_core::platform::{Hypervisor, SharedMemory};
+    use vmbus_core::version::Version;
+
+    struct Rig {
+        mem: GuestMemory,
+        hv: Hypercalls,
+        synic: Synic,
+        bus: Bus,
+        relid: u32,
+    }
+
+    fn post(rig: &mut Rig, conn: u32, msg: &ChannelMessage<'_>) {
+        let out = OutgoingMessage::new(msg).unwrap();
+        assert!(rig.hv.post_message(conn, out.as_bytes()).is_success());
+        while rig.bus.step(&rig.mem, &rig.hv, &mut rig.synic) {}
+    }
+
+    /// Host messages delivered to the guest so far (the test plays a guest that EOMs).
+    fn drain(rig: &mut Rig) -> Vec<(MessageType, [u8; 256])> {
+        let mut out = Vec::new();
+        while let Some((raw, pending)) = rig.synic.take_slot() {
+            let (_, payload) = HvMessage::parse(&raw).unwrap();
+            out.push((ChannelMessage::parse(payload).unwrap().message_type(), raw));
+            if pending {
+                rig.synic.eom();
+            }
+        }
+        out
+    }
+
+    fn connected_rig() -> Rig {
+        let mem = GuestMemory::new(64, 0x100).unwrap();
+        let hv = Hypercalls::new(16);
+        let synic = Synic::new(64);
+        let mut bus = Bus::new(ServerConfig::default(), &hv, &mem).unwrap();
+        let relid = bus.add_device(alloc::boxed::Box::new(EchoDevice::new()), Guid::ZERO, &hv).unwrap();
+        let mut rig = Rig { mem, hv, synic, bus, relid };
+        let contact = InitiateContact::new(Version::WIN10_V5_3, 0, 2, 0, (0, 0));
+        post(&mut rig, 4, &ChannelMessage::InitiateContact(contact));
+        let conn = rig.bus.server().connection().unwrap().msg_conn_id;
+        post(&mut rig, conn, &ChannelMessage::RequestOffers);
+        let got: Vec<MessageType> = drain(&mut rig).iter().map(|m| m.0).collect();
+        assert_eq!(got, [MessageType::VERSION_RESPONSE, MessageType::OFFER_CHANNEL, MessageType::ALL_OFFERS_DELIVERED]);
+        rig
+    }
+
+    fn open_with_pfns(rig: &mut Rig, pfns: &[u64], offset: u32) -> u32 {
+        let conn = rig.bus.server().connection().unwrap().msg_conn_id;
+        let handle = 0x1234;
+        for m in GpadlMessages::new(rig.relid, handle, GpaRangeRef::whole_pages(pfns)).unwrap() {
+            assert!(rig.hv.post_message(conn, m.as_bytes()).is_success());
+        }
+        while rig.bus.step(&rig.mem, &rig.hv, &mut rig.synic) {}
+        let open = OpenChannel {
+            header: MessageHeader::new(MessageType::OPEN_CHANNEL),
+            child_relid: rig.relid,
+            openid: rig.relid,
+            ringbuffer_gpadl_handle: handle,
+            target_vp: 0,
+            downstream_ringbuffer_pageoffset: offset,
+            user_data: [0; 120],
+        };
+        post(rig, conn, &ChannelMessage::OpenChannel(open));
+        let msgs = drain(rig);
+        let (_, raw) = msgs.iter().find(|m| m.0 == MessageType::OPEN_CHANNEL_RESULT).expect("an OpenResult");
+        let (_, payload) = HvMessage::parse(raw).unwrap();
+        match ChannelMessage::parse(payload).unwrap() {
+            ChannelMessage::OpenResult(r) => r.status,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn contiguous_ring_gpadl_opens() {
+        let mut rig = connected_rig();
+        let region = rig.mem.alloc_shared(8).unwrap();
+        let pfns: Vec<u64> = (0..8).map(|i| rig.mem.frame(&region, i).unwrap()).collect();
+        assert_eq!(open_with_pfns(&mut rig, &pfns, 4), 0);
+        assert_eq!(rig.bus.open_relids(), [rig.relid]);
+        let loc = rig.bus.ring_location(rig.relid).unwrap();
+        assert_eq!(loc.outbound_gpa, pfns[0] * 4096);
+        assert_eq!(loc.inbound_gpa, pfns[4] * 4096);
+        assert_eq!(loc.inbound_data_size, 3 * 4096);
+        assert_eq!(rig.bus.stats().opens_accepted, 1);
+    }
+
+    #[test]
+    fn scattered_or_foreign_ring_gpadl_is_refused() {
+        let mut rig = connected_rig();
+        // Every frame is guest memory, but the run is not contiguous.
+        let pfns = [0x100, 0x101, 0x102, 0x103, 0x110, 0x111, 0x112, 0x113];
+        assert_eq!(open_with_pfns(&mut rig, &pfns, 4), STATUS_UNSUCCESSFUL);
+        assert!(rig.bus.open_relids().is_empty());
+        assert_eq!(rig.bus.stats().opens_refused, 1);
+    }
+
+    #[test]
+    fn ring_gpadl_outside_guest_memory_is_refused() {
+        let mut rig = connected_rig();
+        let pfns: Vec<u64> = (0x9000..0x9008).collect();
+        assert_eq!(open_with_pfns(&mut rig, &pfns, 4), STATUS_UNSUCCESSFUL);
+        assert_eq!(rig.bus.stats().opens_refused, 1);
+    }
+
+    #[test]
+    fn signal_on_unknown_port_and_old_host_ports() {
+        let mem = GuestMemory::new(8, 0x100).unwrap();
+        let hv = Hypercalls::new(4);
+        let config = ServerConfig { versions: alloc::vec![Version::WIN8], ..ServerConfig::default() };
+        let _bus = Bus::new(config, &hv, &mem).unwrap();
+        // A host without 5.0 has no port 4: the guest's 5.x contact fails at the hypercall.
+        assert_eq!(hv.post_message(4, &[14, 0, 0, 0, 0, 0, 0, 0]), vmbus_core::hv::HvStatus::INVALID_CONNECTION_ID);
+        assert!(hv.post_message(1, &[14, 0, 0, 0, 0, 0, 0, 0]).is_success());
+        assert_eq!(hv.signal_event(0x1001), vmbus_core::hv::HvStatus::INVALID_CONNECTION_ID);
+    }
+}

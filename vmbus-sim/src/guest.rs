@@ -451,7 +451,7 @@ impl Guest {
 
     /// Virtual time passes while nothing else can happen: abandons waits
     /// older than the timeout.
-    pub fn tick(&mut self, mem: &GuestMemory) {
+    pub fn tick(&mut self) {
         self.now += 1;
         let limit = self.config.timeout_ticks;
         match self.phase {
@@ -483,7 +483,6 @@ impl Guest {
             }
             _ => {}
         }
-        let _ = mem;
     }
 
     /// One guest step: handles a SynIC message, polls a signalled channel or
@@ -514,7 +513,7 @@ impl Guest {
             Some(1) => {
                 let i = self.rng.below(self.to_poll.len() as u64) as usize;
                 let relid = self.to_poll.swap_remove(i);
-                self.poll_channel(relid, mem, &ghv);
+                self.poll_channel(relid, &ghv);
                 true
             }
             Some(2) => self.do_work(mem, &ghv),
@@ -902,9 +901,8 @@ impl Guest {
         }
     }
 
-    fn poll_channel(&mut self, relid: u32, mem: &GuestMemory, hv: &GuestHv<'_>) {
+    fn poll_channel(&mut self, relid: u32, hv: &GuestHv<'_>) {
         let Some(c) = self.channels.get_mut(&relid) else { return };
-        let _ = mem;
         if c.phase != Phase::Open {
             return;
         }

@@ -187,7 +187,7 @@ impl Sim {
                         break;
                     }
                     // Nothing can move: virtual time passes for the guest's waits.
-                    self.guest.tick(&self.mem);
+                    self.guest.tick();
                     self.idle_ticks += 1;
                     if self.idle_ticks > IDLE_LIMIT {
                         stuck = true;
