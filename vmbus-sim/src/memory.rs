@@ -195,6 +195,14 @@ impl GuestMemory {
         Some(self.base_pfn + (off / HV_PAGE_SIZE) as u64)
     }
 
+    /// Host pointer to the first byte of frame `pfn` (null if it is not guest memory).
+    pub fn frame_of_ptr(&self, pfn: u64) -> *mut u8 {
+        if !self.contains_pfn(pfn) {
+            return core::ptr::null_mut();
+        }
+        self.base.as_ptr().wrapping_add((pfn - self.base_pfn) as usize * HV_PAGE_SIZE)
+    }
+
     /// Byte offset in the arena of `[gpa, gpa + len)`, if the whole range is inside.
     fn offset_of(&self, gpa: u64, len: usize) -> Result<usize, MemoryError> {
         let err = MemoryError::OutOfRange { gpa, len };
