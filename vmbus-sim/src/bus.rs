@@ -28,7 +28,7 @@ use core::fmt;
 use vmbus_core::guid::Guid;
 use vmbus_core::host::{OfferSpec, Server, ServerConfig, ServerEvent, STATUS_UNSUCCESSFUL};
 use vmbus_core::hv::{MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_4};
-use vmbus_core::message::OutgoingMessage;
+use vmbus_core::message::{ChannelMessage, MessageType, OutgoingMessage};
 use vmbus_core::packet::{inband_header, PacketType};
 use vmbus_core::platform::HV_PAGE_SIZE;
 use vmbus_core::ring::{Corruption, ReadError, RingReader, RingWriter, WriteError};
@@ -120,6 +120,46 @@ struct DeviceEntry {
     model: Box<dyn DeviceModel>,
 }
 
+/// Which way a traced channel message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Posted by the guest (HvPostMessage).
+    ToHost,
+    /// Delivered to the guest's SynIC.
+    ToGuest,
+}
+
+/// One traced channel message: direction, type and the relid it names (if any).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// Direction.
+    pub direction: Direction,
+    /// Message type (as read from the header; may be an unknown value).
+    pub msgtype: MessageType,
+    /// Relid the message names, when it has one.
+    pub relid: Option<u32>,
+}
+
+/// Messages traced per run.
+pub const TRACE_LIMIT: usize = 96;
+
+fn trace_entry(direction: Direction, bytes: &[u8]) -> Option<TraceEntry> {
+    let t = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+    let relid = match ChannelMessage::parse(bytes).ok()? {
+        ChannelMessage::OfferChannel(m) => Some(m.child_relid),
+        ChannelMessage::RescindChannelOffer(m) => Some(m.child_relid),
+        ChannelMessage::OpenChannel(m) => Some(m.child_relid),
+        ChannelMessage::OpenResult(m) => Some(m.child_relid),
+        ChannelMessage::CloseChannel(m) => Some(m.child_relid),
+        ChannelMessage::GpadlHeader(m) => Some(m.fixed.child_relid),
+        ChannelMessage::GpadlCreated(m) => Some(m.child_relid),
+        ChannelMessage::GpadlTeardown(m) => Some(m.child_relid),
+        ChannelMessage::RelidReleased(m) => Some(m.child_relid),
+        _ => None,
+    };
+    Some(TraceEntry { direction, msgtype: MessageType(t), relid })
+}
+
 /// Where a channel's rings live in guest memory (for fault injection and tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingLocation {
@@ -162,6 +202,8 @@ pub struct Bus {
     stats: BusStats,
     /// Every event seen, for tests and reports (bounded).
     event_log: Vec<ServerEvent>,
+    /// The first channel messages in both directions.
+    trace: Vec<TraceEntry>,
 }
 
 impl fmt::Debug for Bus {
@@ -200,6 +242,7 @@ impl Bus {
             silent: false,
             stats: BusStats::default(),
             event_log: Vec::new(),
+            trace: Vec::new(),
         })
     }
 
@@ -216,6 +259,19 @@ impl Bus {
     /// Counters.
     pub fn stats(&self) -> BusStats {
         self.stats
+    }
+
+    /// The first [`TRACE_LIMIT`] channel messages, both directions, in order.
+    pub fn trace(&self) -> &[TraceEntry] {
+        &self.trace
+    }
+
+    fn record(&mut self, direction: Direction, bytes: &[u8]) {
+        if self.trace.len() < TRACE_LIMIT {
+            if let Some(e) = trace_entry(direction, bytes) {
+                self.trace.push(e);
+            }
+        }
     }
 
     /// Server events seen so far.
@@ -358,6 +414,7 @@ impl Bus {
         let mut worked = false;
         if let Some(m) = hv.take_message() {
             worked = true;
+            self.record(Direction::ToHost, m.bytes());
             self.stats.messages_in += 1;
             if self.server.handle_guest_message(m.connection_id, m.bytes()).is_err() {
                 self.stats.messages_rejected += 1;
@@ -500,10 +557,11 @@ impl Bus {
         while let Some(m) = self.server.pop_outgoing() {
             self.outbox.push_back(m);
         }
-        while let Some(m) = self.outbox.front() {
+        while let Some(&m) = self.outbox.front() {
             if synic.post(m.as_bytes()).is_err() {
                 break;
             }
+            self.record(Direction::ToGuest, m.as_bytes());
             self.outbox.pop_front();
             self.stats.messages_out += 1;
             worked = true;

@@ -118,6 +118,8 @@ fn demo(seed: u64) -> bool {
     for (s, r) in &reports {
         if matches!(s, Scenario::Happy) {
             print!("{r}");
+            println!("  channel messages, in order:");
+            print!("{}", r.trace_lines());
         }
     }
     section("version negotiation: host restricted to one older version each");

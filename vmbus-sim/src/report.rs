@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only
 //! What a scenario run produced: the numbers the demo prints and the tests assert.
 
+use crate::bus::{Direction, TraceEntry};
 use crate::fault::{FaultRecord, Outcome};
 use crate::guest::GuestStats;
 use alloc::string::String;
@@ -128,11 +129,18 @@ pub struct Report {
     pub stuck: bool,
     /// The run stopped at the step budget.
     pub budget_exhausted: bool,
+    /// The first channel messages of the run.
+    pub trace: Vec<TraceEntry>,
     /// Failed expectations (empty = pass).
     pub failures: Vec<Expectation>,
 }
 
 impl Report {
+    /// The message trace, one line per message (empty if not recorded).
+    pub fn trace_lines(&self) -> TraceLines<'_> {
+        TraceLines(&self.trace)
+    }
+
     /// Whether every expectation held.
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
@@ -233,6 +241,15 @@ impl fmt::Display for Report {
             "  signals: guest->host {} HvSignalEvent, host->guest {} event interrupts ({} interrupts in all); {} HvPostMessage, {} host messages",
             self.guest_signals, self.event_interrupts, self.interrupts, self.guest_posts, self.host_messages
         )?;
+        if self.packets_sent > 0 {
+            writeln!(
+                f,
+                "  batching: {} guest signals per 1000 packets sent, {} interrupts per 1000 packets received; ring full {} time(s)",
+                self.guest_signals * 1000 / self.packets_sent,
+                self.event_interrupts * 1000 / self.packets_received.max(1),
+                self.guest.ring_full
+            )?;
+        }
         if self.faults.is_empty() {
             writeln!(f, "  faults injected: none")?;
         } else {
@@ -248,6 +265,27 @@ impl fmt::Display for Report {
         writeln!(f, "  unload: {}   steps: {}", if self.unloaded { "complete" } else { "not done" }, self.steps)?;
         for e in &self.failures {
             writeln!(f, "  EXPECTATION FAILED: {e:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Printable form of a message trace.
+#[derive(Debug)]
+pub struct TraceLines<'a>(&'a [TraceEntry]);
+
+impl fmt::Display for TraceLines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in self.0 {
+            let arrow = match e.direction {
+                Direction::ToHost => "guest -> host ",
+                Direction::ToGuest => "host  -> guest",
+            };
+            write!(f, "    {arrow}  {}", e.msgtype.name())?;
+            if let Some(r) = e.relid {
+                write!(f, " (relid {r})")?;
+            }
+            writeln!(f)?;
         }
         Ok(())
     }

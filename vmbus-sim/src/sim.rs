@@ -566,6 +566,7 @@ impl Sim {
             pages_in_use: self.mem.stats().pages_in_use,
             stuck,
             budget_exhausted: self.sched.exhausted(),
+            trace: self.bus.trace().to_vec(),
             failures: Vec::new(),
         };
         if stuck {
