@@ -137,6 +137,8 @@ impl fmt::Display for GpadlError {
     }
 }
 
+impl core::error::Error for GpadlError {}
+
 /// The ranges of one GPADL: a single range (what Linux and FreeBSD send) or
 /// several.
 #[derive(Clone, Copy, Debug)]
@@ -407,6 +409,22 @@ mod tests {
             aa00200000000000ab00200000000000ac00200000000000";
         let hex: std::string::String = msgs[0].as_bytes().iter().map(|b| std::format!("{b:02x}")).collect();
         assert_eq!(hex, expected.replace(' ', ""));
+    }
+
+    #[test]
+    fn body_matches_linux_vector() {
+        // vectors/vmbus-messages.json "gpadl_body_3_pfns" (padding zeroed):
+        // a 29-page range puts 26 PFNs in the header and 3 in body 1.
+        let mut pfns = [0u64; 29];
+        pfns[26] = 11259375;
+        pfns[27] = 11259376;
+        pfns[28] = 267242409;
+        let msgs: Vec<_> = GpadlMessages::new(1, 925202, GpaRangeRef::whole_pages(&pfns)).unwrap().collect();
+        assert_eq!(msgs.len(), 2);
+        let expected = "0900000000000000010000001\
+            21e0e00efcdab0000000000f0cdab0000000000a9cbed0f00000000";
+        let hex: std::string::String = msgs[1].as_bytes().iter().map(|b| std::format!("{b:02x}")).collect();
+        assert_eq!(hex, expected);
     }
 
     #[test]

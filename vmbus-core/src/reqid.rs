@@ -65,6 +65,8 @@ impl fmt::Display for Full {
     }
 }
 
+impl core::error::Error for Full {}
+
 /// Why a completion id was refused (see [`RequestStats`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdRejection {
@@ -88,6 +90,8 @@ impl fmt::Display for IdRejection {
         })
     }
 }
+
+impl core::error::Error for IdRejection {}
 
 /// Counters of a table, for the glue's statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

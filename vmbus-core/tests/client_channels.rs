@@ -281,6 +281,9 @@ fn modify_channel_by_version() {
     let p = h.hv.take();
     assert!(matches!(p[0].parse(), ChannelMessage::ModifyChannel(m) if m.child_relid == 3 && m.target_vp == 2));
     assert_eq!(h.client.modify_channel(3, 1, &h.hv), Err(ClientError::Busy(3)));
+    // Closing must wait for the response, so its completion is never lost.
+    assert_eq!(h.client.close_channel(3, &h.hv), Err(ClientError::Busy(3)));
+    assert!(h.hv.take().is_empty());
     h.feed(&modify_response(3, 0)).unwrap();
     assert_eq!(h.take_events(), vec![ClientEvent::ModifyChannelResponse { relid: 3, status: OpStatus::Success }]);
     assert!(matches!(h.feed(&modify_response(3, 0)), Err(ClientError::NoRequestOutstanding { .. })));

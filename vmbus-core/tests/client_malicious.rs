@@ -131,6 +131,9 @@ enum Step {
     Guest(GuestOp),
     /// The correct answer to the n-th pending request, with this status.
     Answer(usize, u32),
+    /// A well-behaved host and guest bring channel `relid` (device `relid`) up:
+    /// offer, ring GPADL, open. Stops quietly at the first refusal.
+    OpenFlow(u32),
 }
 
 #[derive(Clone, Debug)]
@@ -207,6 +210,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => proptest::collection::vec(any::<u8>(), 0..250).prop_map(Step::Raw),
         8 => guest_op().prop_map(Step::Guest),
         6 => (any::<usize>(), status()).prop_map(|(i, s)| Step::Answer(i, s)),
+        2 => (1u32..6).prop_map(Step::OpenFlow),
         1 => (0u8..30).prop_map(|x| if x == 0 { Step::Guest(GuestOp::Unload) } else { Step::Host(HostMsg::AllOffers) }),
     ]
 }
@@ -329,6 +333,23 @@ fn run_guest_op(h: &mut Harness, op: &GuestOp, p: &mut Pending) {
     h.client.check_invariants().expect("invariant broken by a guest operation");
 }
 
+fn open_flow(h: &mut Harness, r: u32, p: &mut Pending) -> Result<(), TestCaseError> {
+    if h.client.channel(r).is_none() && h.feed(&offer(r, SCSI, instance(100 + r), 0)).is_err() {
+        return Ok(());
+    }
+    let Ok(handle) = h.client.create_gpadl(r, GpaRangeRef::whole_pages(&[1, 2, 3, 4]), &h.hv) else {
+        return Ok(());
+    };
+    p.creates.insert((r, handle));
+    h.feed(&gpadl_created(r, handle, 0)).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    if h.client.open_channel(r, &open_params(handle), &h.hv).is_err() {
+        return Ok(());
+    }
+    p.opens.insert(r);
+    h.feed(&open_result(r, r, 0)).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
@@ -362,6 +383,10 @@ proptest! {
                 },
                 Step::Guest(op) => {
                     run_guest_op(&mut h, op, &mut pending);
+                    None
+                }
+                Step::OpenFlow(r) => {
+                    open_flow(&mut h, *r, &mut pending)?;
                     None
                 }
             };
@@ -446,5 +471,7 @@ fn rescinded_statuses_are_reported() {
     assert!(ev.contains(&ClientEvent::GpadlTornDown { relid: 1, handle: done, status: OpStatus::Rescinded }));
     assert!(ev.contains(&ClientEvent::ModifyChannelResponse { relid: 1, status: OpStatus::Rescinded }));
     assert_eq!(ev.len(), 4);
+    assert!(ev.iter().all(|e| e.relid() == Some(1)));
+    assert_eq!(ClientEvent::UnloadComplete.relid(), None);
     assert_eq!(h.client.counters().cancelled_operations, 3);
 }

@@ -385,3 +385,19 @@ fn rescind_at_every_step() {
         assert_eq!(offer(&mut s, 2), relid, "relid reusable after release (step {k})");
     }
 }
+
+#[test]
+fn relids_not_offered_yet_are_unknown_to_the_guest() {
+    let mut s = server();
+    let r = offer(&mut s, 1);
+    connect(&mut s, Version::WIN10_V5_3);
+    // The guest guesses relid 1 before asking for offers.
+    assert_eq!(post_raw(&mut s, &gpadl_messages(r, 1, 0, 8)[0]), Err(HostError::UnknownRelid(r)));
+    assert_eq!(post(&mut s, &open_msg(r, 1, 1, 4, 0)), Err(HostError::UnknownRelid(r)));
+    assert_eq!(post(&mut s, &close_msg(r)), Err(HostError::UnknownRelid(r)));
+    assert_eq!(post(&mut s, &modify_msg(r, 0)), Err(HostError::UnknownRelid(r)));
+    drain(&mut s);
+    post(&mut s, &ChannelMessage::RequestOffers).unwrap();
+    drain(&mut s);
+    create_gpadl(&mut s, r, 1, 8);
+}

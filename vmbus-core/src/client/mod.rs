@@ -240,6 +240,8 @@ pub enum InvariantViolation {
     RingGpadlMissing(u32),
     /// Channels exist while not connected.
     ChannelsWhileDisconnected,
+    /// A ModifyChannel is pending on a channel that is not open.
+    ModifyWhileNotOpen(u32),
 }
 
 /// The guest side of the VMBus control protocol. `S` is the channel table's
@@ -878,11 +880,17 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
 
     /// Closes an open channel: posts CloseChannel (no reply) unless the
     /// channel was rescinded, in which case the close is local. The ring
-    /// GPADL stays; tear it down next.
+    /// GPADL stays; tear it down next. Refused with [`ClientError::Busy`]
+    /// while a ModifyChannel awaits its response.
     pub fn close_channel<H: Hypervisor + ?Sized>(&mut self, relid: u32, hv: &H) -> Result<(), ClientError> {
         let (i, e) = self.local_entry(relid)?;
         if !matches!(e.info.state, ChannelState::Open { .. }) {
             return Err(ClientError::InvalidChannelState(relid));
+        }
+        // A ModifyChannel awaiting its response must finish first, so that its
+        // completion event is never lost (a rescind also completes it).
+        if e.info.modify_pending {
+            return Err(ClientError::Busy(relid));
         }
         if !e.info.rescinded {
             self.require_connected()?;
@@ -891,7 +899,6 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
         }
         if let Some(e) = self.entry_mut(i) {
             e.info.state = ChannelState::Closed;
-            e.info.modify_pending = false;
         }
         Ok(())
     }
@@ -1027,6 +1034,9 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
             }
             if e.info.rescinded && (e.info.modify_pending || matches!(e.info.state, ChannelState::Opening { .. })) {
                 return Err(InvariantViolation::PendingAfterRescind(relid));
+            }
+            if e.info.modify_pending && !matches!(e.info.state, ChannelState::Open { .. }) {
+                return Err(InvariantViolation::ModifyWhileNotOpen(relid));
             }
             if let Some(ring) = e.info.state.ring_gpadl() {
                 if e.gpadl(ring, GpadlState::Created).is_none() {

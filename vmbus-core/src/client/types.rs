@@ -177,10 +177,31 @@ pub enum ClientEvent {
         /// Channel.
         relid: u32,
     },
-    /// The host answered Unload; every channel is gone.
+    /// The host answered Unload: every channel is gone and every GPADL is
+    /// released (the glue may free all ring and buffer memory). Pending
+    /// operations were completed with [`OpStatus::Unloaded`] just before.
     UnloadComplete,
     /// A TlConnectResult (hv_sock); passed through, not interpreted.
     TlConnectResult(TlConnectResult),
+}
+
+impl ClientEvent {
+    /// The channel the event is about, if any.
+    pub fn relid(&self) -> Option<u32> {
+        match *self {
+            ClientEvent::Offer(OfferEvent { relid, .. })
+            | ClientEvent::GpadlCreated { relid, .. }
+            | ClientEvent::GpadlTornDown { relid, .. }
+            | ClientEvent::OpenResult { relid, .. }
+            | ClientEvent::ModifyChannelResponse { relid, .. }
+            | ClientEvent::Rescinded { relid } => Some(relid),
+            ClientEvent::Connected { .. }
+            | ClientEvent::ContactFailed(_)
+            | ClientEvent::AllOffersDelivered
+            | ClientEvent::UnloadComplete
+            | ClientEvent::TlConnectResult(_) => None,
+        }
+    }
 }
 
 /// Kinds of rejected host input, one counter each (see [`ClientCounters::rejected`]).
@@ -431,6 +452,10 @@ impl fmt::Display for ClientError {
         }
     }
 }
+
+impl core::error::Error for ClientError {}
+
+impl core::error::Error for ContactFailure {}
 
 impl From<GpadlError> for ClientError {
     fn from(e: GpadlError) -> Self {

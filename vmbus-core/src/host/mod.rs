@@ -1096,6 +1096,17 @@ impl Server {
 
     // ----- guest messages ---------------------------------------------------------------------
 
+    /// A channel the guest can know about: its offer went out on this
+    /// connection. A relid the guest was never offered is as unknown as one
+    /// that does not exist.
+    fn guest_channel(&self, relid: u32) -> Option<&Channel> {
+        self.channels.get(&relid).filter(|c| c.offered)
+    }
+
+    fn guest_channel_mut(&mut self, relid: u32) -> Option<&mut Channel> {
+        self.channels.get_mut(&relid).filter(|c| c.offered)
+    }
+
     /// Handles one HvPostMessage payload the guest posted on `connection_id`.
     /// Replies are queued for [`Server::pop_outgoing`], events for
     /// [`Server::pop_event`].
@@ -1300,7 +1311,7 @@ impl Server {
 
     fn validate_open(&self, m: &OpenChannel) -> Result<OpenParams, HostError> {
         let relid = m.child_relid;
-        let channel = self.channels.get(&relid).ok_or(HostError::UnknownRelid(relid))?;
+        let channel = self.guest_channel(relid).ok_or(HostError::UnknownRelid(relid))?;
         if channel.rescinded {
             return Err(HostError::Rescinded(relid));
         }
@@ -1338,7 +1349,7 @@ impl Server {
 
     fn on_close(&mut self, m: &CloseChannel) -> HostResult {
         let relid = m.child_relid;
-        let channel = self.channels.get_mut(&relid).ok_or(HostError::UnknownRelid(relid))?;
+        let channel = self.guest_channel_mut(relid).ok_or(HostError::UnknownRelid(relid))?;
         match channel.state {
             ChannelState::Closed if channel.rescinded => Ok(()),
             ChannelState::Closed => Err(HostError::NotOpen(relid)),
@@ -1384,7 +1395,7 @@ impl Server {
             self.send_gpadl_created(relid, handle, STATUS_UNSUCCESSFUL);
             return Err(HostError::DuplicateGpadl(handle));
         }
-        let check = match self.channels.get(&relid) {
+        let check = match self.guest_channel(relid) {
             None => Err(HostError::UnknownRelid(relid)),
             Some(c) if c.rescinded => Err(HostError::Rescinded(relid)),
             Some(_) => Ok(()),
@@ -1499,7 +1510,7 @@ impl Server {
 
     fn on_relid_released(&mut self, m: &RelidReleased) -> HostResult {
         let relid = m.child_relid;
-        let channel = self.channels.get(&relid).ok_or(HostError::UnknownRelid(relid))?;
+        let channel = self.guest_channel(relid).ok_or(HostError::UnknownRelid(relid))?;
         if !channel.rescinded {
             return Err(HostError::NotRescinded(relid));
         }
@@ -1528,7 +1539,7 @@ impl Server {
         let relid = m.child_relid;
         let vp_count = self.config.vp_count;
         let fail = self.faults.fail_modify.filter(|&s| s != 0);
-        let check = match self.channels.get_mut(&relid) {
+        let check = match self.guest_channel_mut(relid) {
             None => Err(HostError::UnknownRelid(relid)),
             Some(c) if c.rescinded => Err(HostError::Rescinded(relid)),
             Some(_) if m.target_vp >= vp_count => Err(HostError::BadTargetVp(m.target_vp)),
