@@ -241,11 +241,11 @@ impl fmt::Display for Report {
             "  signals: guest->host {} HvSignalEvent, host->guest {} event interrupts ({} interrupts in all); {} HvPostMessage, {} host messages",
             self.guest_signals, self.event_interrupts, self.interrupts, self.guest_posts, self.host_messages
         )?;
-        if self.packets_sent > 0 {
+        if let Some(per_k) = (self.guest_signals * 1000).checked_div(self.packets_sent) {
             writeln!(
                 f,
                 "  batching: {} guest signals per 1000 packets sent, {} interrupts per 1000 packets received; ring full {} time(s)",
-                self.guest_signals * 1000 / self.packets_sent,
+                per_k,
                 self.event_interrupts * 1000 / self.packets_received.max(1),
                 self.guest.ring_full
             )?;
