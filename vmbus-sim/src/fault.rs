@@ -70,16 +70,19 @@ pub enum RescindPoint {
     DuringOpen,
     /// With packets in flight.
     MidTraffic,
+    /// While the guest closes the channel (its GpadlTeardown not yet handled).
+    DuringTeardown,
 }
 
 impl RescindPoint {
     /// Every point, in protocol order.
-    pub const ALL: [RescindPoint; 5] = [
+    pub const ALL: [RescindPoint; 6] = [
         RescindPoint::AfterOffer,
         RescindPoint::DuringGpadl,
         RescindPoint::AfterGpadlCreated,
         RescindPoint::DuringOpen,
         RescindPoint::MidTraffic,
+        RescindPoint::DuringTeardown,
     ];
 }
 
@@ -175,6 +178,7 @@ impl fmt::Display for FaultKind {
                     RescindPoint::AfterGpadlCreated => "after GPADL created",
                     RescindPoint::DuringOpen => "during open",
                     RescindPoint::MidTraffic => "mid-traffic",
+                    RescindPoint::DuringTeardown => "during close/teardown",
                 }
             ),
             FaultKind::DroppedReply(t) => write!(f, "dropped reply {}", t.name()),

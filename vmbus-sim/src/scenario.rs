@@ -100,6 +100,7 @@ fn slug_rescind(r: RescindPoint) -> &'static str {
         RescindPoint::AfterGpadlCreated => "after-gpadl-created",
         RescindPoint::DuringOpen => "during-open",
         RescindPoint::MidTraffic => "mid-traffic",
+        RescindPoint::DuringTeardown => "during-teardown",
     }
 }
 
@@ -180,7 +181,8 @@ impl Scenario {
             Scenario::Fault(FaultKind::MalformedPacket(_)) | Scenario::Fault(FaultKind::CorruptRingIndex(_)) => {
                 &[Outcome::ChannelShutDown]
             }
-            Scenario::Fault(FaultKind::Rescind(RescindPoint::MidTraffic)) => &[Outcome::ChannelRemoved],
+            Scenario::Fault(FaultKind::Rescind(RescindPoint::MidTraffic))
+            | Scenario::Fault(FaultKind::Rescind(RescindPoint::DuringTeardown)) => &[Outcome::ChannelRemoved],
             // A rescind racing the open sequence ends it wherever it is (an
             // open may just have completed when the rescind arrives).
             Scenario::Fault(FaultKind::Rescind(_)) => &[Outcome::OpenAborted, Outcome::ChannelRemoved],

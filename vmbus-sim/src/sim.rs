@@ -295,6 +295,15 @@ impl Sim {
         match kind {
             FaultKind::Rescind(RescindPoint::DuringGpadl) => return self.inject_rescind_during_gpadl(),
             FaultKind::Rescind(RescindPoint::AfterGpadlCreated) => return self.inject_rescind_after_gpadl(),
+            FaultKind::Rescind(RescindPoint::DuringTeardown) => {
+                // The guest's GpadlTeardown waits in the host's inbox: rescind first.
+                if let Some(relid) = self.next_teardown_relid().filter(|r| self.echo_relids.contains(r)) {
+                    self.injector.target = Some(relid);
+                    self.record_injection();
+                    self.bus.rescind(relid);
+                }
+                return;
+            }
             FaultKind::Rescind(RescindPoint::DuringOpen) => {
                 if let Some(&relid) = self.bus.held_open_relids().first() {
                     self.record_injection();
@@ -382,6 +391,15 @@ impl Sim {
                 self.injector.target = Some(relid);
                 self.injector.prepared = true;
             }
+        }
+    }
+
+    /// The relid of a GpadlTeardown waiting in the host's inbox.
+    fn next_teardown_relid(&self) -> Option<u32> {
+        let m = self.hv.peek_message()?;
+        match ChannelMessage::parse(m.bytes()) {
+            Ok(ChannelMessage::GpadlTeardown(t)) => Some(t.child_relid),
+            _ => None,
         }
     }
 
