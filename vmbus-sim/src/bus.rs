@@ -370,6 +370,11 @@ impl Bus {
         self.held_opens.iter().map(|h| h.relid).collect()
     }
 
+    /// Whether the host services `relid`'s rings (mapped and not broken).
+    pub fn is_serviced(&self, relid: u32) -> bool {
+        self.channels.get(&relid).is_some_and(|c| c.broken.is_none())
+    }
+
     /// Relids with mapped rings.
     pub fn open_relids(&self) -> Vec<u32> {
         self.channels.keys().copied().collect()

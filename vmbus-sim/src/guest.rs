@@ -396,6 +396,11 @@ impl Guest {
         self.channels.keys().copied().collect()
     }
 
+    /// Whether `relid` is open and healthy (not being shut down).
+    pub fn channel_usable(&self, relid: u32) -> bool {
+        self.channels.get(&relid).is_some_and(|c| c.phase == Phase::Open && !c.shut_down)
+    }
+
     /// Packets still to send on `relid`.
     pub fn packets_left(&self, relid: u32) -> u32 {
         self.channels.get(&relid).map_or(0, |c| c.to_send)

@@ -26,6 +26,9 @@ pub enum Scenario {
     SubChannels,
     /// One injected fault.
     Fault(FaultKind),
+    /// Four echo channels and a seeded series of faults, one after another:
+    /// non-fatal ones of every kind plus at most two that cost a channel.
+    Chaos,
 }
 
 /// Every message fault.
@@ -130,7 +133,31 @@ impl Scenario {
         v.extend(DROPPED_REPLIES.iter().map(|&t| Scenario::Fault(FaultKind::DroppedReply(t))));
         v.push(Scenario::Fault(FaultKind::HostStopsAnswering));
         v.push(Scenario::Fault(FaultKind::HypercallBusy));
+        v.push(Scenario::Chaos);
         v
+    }
+
+    /// The chaos plan for `seed`: six faults, at most two of them fatal to a channel.
+    pub fn chaos_plan(seed: u64) -> Vec<FaultKind> {
+        let mut rng = crate::sched::SplitMix64::new(seed ^ 0xC4A0_5000_0000_0000);
+        let mut benign: Vec<FaultKind> = MESSAGE_FAULTS.iter().map(|&m| FaultKind::MalformedMessage(m)).collect();
+        benign.push(FaultKind::MalformedPacket(PacketFault::UnknownType));
+        benign.push(FaultKind::MalformedPacket(PacketFault::UnexpectedCompletion));
+        benign.push(FaultKind::HypercallBusy);
+        let mut fatal: Vec<FaultKind> = INDEX_FAULTS.iter().map(|&i| FaultKind::CorruptRingIndex(i)).collect();
+        fatal.push(FaultKind::MalformedPacket(PacketFault::LenTooSmall));
+        fatal.push(FaultKind::MalformedPacket(PacketFault::LenBeyondRing));
+        fatal.push(FaultKind::MalformedPacket(PacketFault::OffsetBeyondLen));
+        fatal.push(FaultKind::Rescind(RescindPoint::MidTraffic));
+        let mut plan = Vec::new();
+        let mut fatal_left = 2;
+        while plan.len() < 6 {
+            let pick_fatal = fatal_left > 0 && rng.chance(35);
+            let pool = if pick_fatal { &fatal } else { &benign };
+            plan.push(pool[rng.below(pool.len() as u64) as usize]);
+            fatal_left -= u32::from(pick_fatal);
+        }
+        plan
     }
 
     /// The scenario's command-line name.
@@ -146,6 +173,7 @@ impl Scenario {
             Scenario::Fault(FaultKind::DroppedReply(t)) => format!("dropped-reply-{}", slug_reply(t)),
             Scenario::Fault(FaultKind::HostStopsAnswering) => "host-stops-answering".into(),
             Scenario::Fault(FaultKind::HypercallBusy) => "hypercall-busy".into(),
+            Scenario::Chaos => "chaos".into(),
         }
     }
 
@@ -166,6 +194,10 @@ impl Scenario {
                 c.guest.min_channels = 4;
             }
             Scenario::Fault(kind) => c.fault = Some(kind),
+            Scenario::Chaos => {
+                c.echo_devices = 4;
+                c.chaos = Scenario::chaos_plan(seed);
+            }
         }
         c
     }
@@ -244,7 +276,7 @@ impl Scenario {
             _ => false,
         };
         let channels = match *self {
-            Scenario::SubChannels => 4,
+            Scenario::SubChannels | Scenario::Chaos => 4,
             _ => 2,
         };
         if clean {
@@ -280,6 +312,20 @@ impl Scenario {
         // No leak: after an unload, or when every channel closed cleanly.
         if (r.unloaded || (clean && r.version.is_some())) && r.pages_in_use != 0 {
             fail(Expectation::MemoryLeaked { pages: r.pages_in_use }, r);
+        }
+        if let Scenario::Chaos = *self {
+            if r.faults.is_empty() {
+                fail(Expectation::NoFaultInjected, r);
+            }
+            let missed: Vec<usize> =
+                r.faults.iter().enumerate().filter(|(_, f)| !f.outcome.handled()).map(|(i, _)| i).collect();
+            for i in missed {
+                fail(Expectation::FaultNotDetected(i), r);
+            }
+            // At most two channels lost: the others move all their packets.
+            if r.echoes_verified < 2 * per_channel {
+                fail(Expectation::PacketsLost { sent: r.packets_sent, received: r.echoes_verified }, r);
+            }
         }
         if let Scenario::Fault(_) = *self {
             match r.faults.first() {

@@ -10,6 +10,7 @@ use crate::guest::{Guest, GuestConfig, GuestPhase, GuestStats, Phase};
 use crate::hypercall::Hypercalls;
 use crate::memory::GuestMemory;
 use crate::report::{OfferSummary, Report};
+use crate::scenario::Scenario;
 use crate::sched::{Actor, Scheduler, SplitMix64};
 use crate::synic::Synic;
 use alloc::boxed::Box;
@@ -43,6 +44,9 @@ pub struct SimConfig {
     pub guest: GuestConfig,
     /// The fault to inject, if any.
     pub fault: Option<FaultKind>,
+    /// A chaos plan: these faults, one after another during the traffic
+    /// phase, each once the guest has reacted to the previous one (replaces `fault`).
+    pub chaos: Vec<FaultKind>,
     /// Scheduler step budget.
     pub step_budget: u64,
     /// Guest memory size in pages.
@@ -61,6 +65,7 @@ impl SimConfig {
             extra_offers: true,
             guest: GuestConfig { open_interfaces: vec![ECHO_INTERFACE], ..GuestConfig::default() },
             fault: None,
+            chaos: Vec::new(),
             step_budget: 200_000,
             memory_pages: 256,
         }
@@ -97,6 +102,8 @@ pub struct Sim {
     echo_relids: Vec<u32>,
     subchannels_offered: bool,
     idle_ticks: u64,
+    /// Chaos faults fired so far: kind, step, start of their observation window.
+    chaos_fired: Vec<(FaultKind, u64, usize)>,
 }
 
 impl core::fmt::Debug for Sim {
@@ -148,6 +155,7 @@ impl Sim {
             echo_relids,
             subchannels_offered: false,
             idle_ticks: 0,
+            chaos_fired: Vec::new(),
         })
     }
 
@@ -232,7 +240,9 @@ impl Sim {
         self.echo_relids
             .iter()
             .copied()
-            .filter(|&r| self.guest.channel_phase(r) == Some(Phase::Open) && self.guest.packets_left(r) >= min_left)
+            .filter(|&r| {
+                self.guest.channel_usable(r) && self.bus.is_serviced(r) && self.guest.packets_left(r) >= min_left
+            })
             .collect()
     }
 
@@ -287,6 +297,9 @@ impl Sim {
 
     /// Arms and fires the configured fault at the right moment.
     fn maybe_inject(&mut self) {
+        if !self.config.chaos.is_empty() {
+            return self.maybe_inject_chaos();
+        }
         let Some(kind) = self.config.fault else { return };
         if self.injector.injected {
             return;
@@ -322,6 +335,11 @@ impl Sim {
             return;
         }
         self.record_injection();
+        self.fire(kind);
+    }
+
+    /// Fires a traffic-phase fault (its target, if any, already chosen).
+    fn fire(&mut self, kind: FaultKind) {
         match kind {
             FaultKind::MalformedMessage(m) => self.inject_message(m),
             FaultKind::MalformedPacket(p) => self.inject_packet(p),
@@ -342,6 +360,45 @@ impl Sim {
                 self.hv.refuse_next_posts(n);
             }
         }
+    }
+
+    /// Chaos: fires the next planned fault once the guest has reacted to
+    /// the previous one and made some progress.
+    fn maybe_inject_chaos(&mut self) {
+        let idx = self.chaos_fired.len();
+        let Some(&kind) = self.config.chaos.get(idx) else { return };
+        if let Some(&(_, _, from)) = self.chaos_fired.last() {
+            if self.guest.observations().len() <= from {
+                return;
+            }
+        }
+        if !self.trigger_holds(kind) {
+            return;
+        }
+        self.chaos_fired.push((kind, self.sched.steps(), self.guest.observations().len()));
+        self.fire(kind);
+        // The next fault: a fresh target, after a few more packets.
+        self.injector.target = None;
+        self.injector.threshold = self.guest.stats().packets_received + 2 + self.rng.below(12);
+    }
+
+    /// Judges chaos faults by what the guest observed between each injection and the next.
+    fn chaos_records(&self) -> Vec<FaultRecord> {
+        let obs = self.guest.observations();
+        let mut out = Vec::new();
+        for (i, &(kind, step, from)) in self.chaos_fired.iter().enumerate() {
+            let to = self.chaos_fired.get(i + 1).map_or(obs.len(), |n| n.2);
+            let window = obs.get(from..to).unwrap_or(&[]);
+            let outcome = Scenario::Fault(kind)
+                .accepted_outcomes()
+                .iter()
+                .copied()
+                .find(|o| window.iter().any(|w| o.matches(w)))
+                .unwrap_or(Outcome::NotDetected);
+            let observed = window.iter().find(|w| outcome.matches(w)).or(window.first()).copied();
+            out.push(FaultRecord { step, kind, outcome, observed });
+        }
+        out
     }
 
     fn record_injection(&mut self) {
@@ -538,8 +595,8 @@ impl Sim {
         let gs = self.guest.stats();
         let hs = self.hv.stats();
         let ss = self.synic.stats();
-        let mut faults = Vec::new();
-        if let Some(kind) = self.config.fault {
+        let mut faults = self.chaos_records();
+        if let (Some(kind), true) = (self.config.fault, self.config.chaos.is_empty()) {
             if self.injector.injected {
                 let outcome = self.judge(kind);
                 let after = self.guest.observations().get(self.injector.observed_from..).unwrap_or(&[]);

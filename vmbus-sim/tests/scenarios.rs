@@ -162,3 +162,22 @@ fn every_scenario_passes_for_forty_consecutive_seeds() {
         }
     }
 }
+
+#[test]
+fn chaos_injects_a_series_and_the_guest_handles_each() {
+    for seed in SEEDS {
+        let r = assert_passes(Scenario::Chaos, seed);
+        let plan = Scenario::chaos_plan(seed);
+        assert!(!r.faults.is_empty() && r.faults.len() <= plan.len());
+        // Fired in plan order, at increasing steps.
+        for (f, k) in r.faults.iter().zip(&plan) {
+            assert_eq!(f.kind, *k);
+        }
+        assert!(r.faults.windows(2).all(|w| w[0].step <= w[1].step));
+        assert!(r.faults.iter().all(|f| f.outcome.handled() && f.observed.is_some()));
+        assert!(r.unloaded);
+        assert_eq!(r.pages_in_use, 0);
+    }
+    // Plans differ between seeds.
+    assert_ne!(Scenario::chaos_plan(1), Scenario::chaos_plan(2));
+}
