@@ -271,7 +271,9 @@ impl Sim {
                 if !running || received < 2 + threshold {
                     return false;
                 }
-                let open = self.open_echo_channels(0);
+                // A channel with sends left: the guest keeps reading it, so
+                // it meets the fault instead of closing the channel first.
+                let open = self.open_echo_channels(2);
                 !open.is_empty() && self.choose_target(&open).is_some()
             }
             FaultKind::CorruptRingIndex(_) => {
