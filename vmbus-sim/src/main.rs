@@ -141,6 +141,12 @@ fn demo(seed: u64) -> bool {
             println!("{}", r.summary());
         }
     }
+    section("chaos: a seeded series of faults in one run (full report)");
+    for (s, r) in &reports {
+        if matches!(s, Scenario::Chaos) {
+            print!("{r}");
+        }
+    }
     let failed: Vec<&Report> = reports.iter().map(|(_, r)| r).filter(|r| !r.passed()).collect();
     let packets: u64 = reports.iter().map(|(_, r)| r.packets_sent + r.packets_received).sum();
     let bytes: u64 = reports.iter().map(|(_, r)| r.bytes_sent + r.bytes_received).sum();

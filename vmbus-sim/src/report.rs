@@ -225,7 +225,20 @@ impl fmt::Display for Report {
                 o.relid, class, o.instance, o.sub_channel_index
             )?;
         }
-        writeln!(f, "  channels opened: {}, closed: {}", self.channels_opened, self.channels_closed)?;
+        write!(f, "  channels opened: {}, closed: {}", self.channels_opened, self.channels_closed)?;
+        let g = &self.guest;
+        for (n, what) in [
+            (g.channels_shut_down, "shut down (corrupt ring)"),
+            (g.channels_removed, "removed (rescinded after open)"),
+            (g.opens_aborted, "open aborted (rescind)"),
+            (g.host_refusals, "refused by host"),
+            (g.timeouts, "wait(s) abandoned"),
+        ] {
+            if n > 0 {
+                write!(f, ", {n} {what}")?;
+            }
+        }
+        writeln!(f)?;
         writeln!(
             f,
             "  packets: {} sent ({} bytes), {} received ({} bytes), {} echoes verified, {} completions",
