@@ -6,6 +6,7 @@
 //! vmbus-sim scenario <name> [--seed N] one scenario
 //! vmbus-sim list                       scenario names
 //! vmbus-sim soak [--seeds N] [--jobs J] every scenario with seeds 1..=N on J threads
+//! vmbus-sim bench                      end-to-end packets/s through the simulated host
 //! ```
 //!
 //! Exit status 0 when every expectation held, 1 otherwise, 2 on bad usage.
@@ -17,7 +18,7 @@ use vmbus_sim::report::Report;
 use vmbus_sim::scenario::Scenario;
 
 const USAGE: &str =
-    "usage: vmbus-sim demo [--seed N] | scenario <name> [--seed N] | list | soak [--seeds N] [--jobs N]";
+    "usage: vmbus-sim demo [--seed N] | scenario <name> [--seed N] | list | soak [--seeds N] [--jobs N] | bench";
 
 fn parse_seed(args: &[String]) -> Result<u64, String> {
     let mut seed = 1;
@@ -76,6 +77,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        "bench" => {
+            bench();
+            ExitCode::SUCCESS
+        }
         "scenario" => {
             let Some(name) = args.get(1) else {
                 eprintln!("{USAGE}");
@@ -207,4 +212,38 @@ fn soak(seeds: u64, jobs: usize) -> bool {
     }
     println!("soak: {} runs on {jobs} thread(s), {} failed", work.len(), failures.len());
     failures.is_empty()
+}
+
+/// End-to-end throughput of guest -> ring -> echo device -> ring -> guest,
+/// with the control plane included (a few seconds at most).
+fn bench() {
+    use vmbus_sim::sim::{Sim, SimConfig};
+    for (payload, ring_pages) in [(64usize, 16usize), (1500, 16), (1500, 64)] {
+        let mut config = SimConfig::new(1);
+        config.extra_offers = false;
+        config.guest.packets_per_channel = 20_000;
+        config.guest.max_payload = payload;
+        config.guest.ring_pages = ring_pages;
+        config.guest.poll_budget = 64;
+        config.step_budget = 10_000_000;
+        config.memory_pages = 1024;
+        let Some(sim) = Sim::new(config) else {
+            println!("bench: could not build the machine");
+            return;
+        };
+        let start = std::time::Instant::now();
+        let r = sim.run();
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let packets = r.packets_sent + r.packets_received;
+        println!(
+            "payload 1..={payload:>4} B, rings {ring_pages:>2} pages: {:>8.0} packets/s, {:>7.1} MB/s, {} echoes verified, \
+             {} guest signals and {} interrupts per 1000 packets{}",
+            packets as f64 / secs,
+            (r.bytes_sent + r.bytes_received) as f64 / secs / 1e6,
+            r.echoes_verified,
+            r.guest_signals * 1000 / r.packets_sent.max(1),
+            r.event_interrupts * 1000 / r.packets_received.max(1),
+            if r.passed() { "" } else { " (run incomplete)" }
+        );
+    }
 }
