@@ -437,15 +437,18 @@ impl Guest {
 
     /// Every channel has reached an end state.
     fn all_settled(&self) -> bool {
-        self.channels
-            .values()
-            .all(|c| matches!(c.phase, Phase::Closed | Phase::Released | Phase::Abandoned | Phase::Refused))
+        self.channels.len() >= self.config.min_channels
+            && self
+                .channels
+                .values()
+                .all(|c| matches!(c.phase, Phase::Closed | Phase::Released | Phase::Abandoned | Phase::Refused))
     }
 
     /// Whether the guest waits on the host (so idle time counts against a timeout).
     pub fn waiting(&self) -> bool {
         match self.phase {
             GuestPhase::Contacting | GuestPhase::Enumerating | GuestPhase::Unloading => true,
+            GuestPhase::Running if self.channels.len() < self.config.min_channels => true,
             GuestPhase::Running => self.channels.values().any(|c| {
                 matches!(c.phase, Phase::CreatingGpadl | Phase::Opening | Phase::TearingDown)
                     || (c.phase == Phase::Open && (!c.outstanding.is_empty() || c.blocked))
@@ -471,6 +474,12 @@ impl Guest {
                 self.phase = GuestPhase::Done;
             }
             GuestPhase::Running => {
+                if self.channels.len() < self.config.min_channels && self.now - self.wait_since > limit {
+                    // The expected (hot-added) channels never came: stop waiting for them.
+                    self.stats.timeouts += 1;
+                    observe(&mut self.observations, Observation::ConnectionTimedOut(self.phase));
+                    self.config.min_channels = 0;
+                }
                 for c in self.channels.values_mut() {
                     let waiting = matches!(c.phase, Phase::CreatingGpadl | Phase::Opening | Phase::TearingDown)
                         || (c.phase == Phase::Open && (!c.outstanding.is_empty() || c.blocked));
@@ -600,6 +609,7 @@ impl Guest {
             ClientEvent::AllOffersDelivered => {
                 if self.phase == GuestPhase::Enumerating {
                     self.phase = GuestPhase::Running;
+                    self.wait_since = self.now;
                 }
             }
             ClientEvent::GpadlCreated { relid, handle, status } => {

@@ -181,3 +181,15 @@ fn chaos_injects_a_series_and_the_guest_handles_each() {
     // Plans differ between seeds.
     assert_ne!(Scenario::chaos_plan(1), Scenario::chaos_plan(2));
 }
+
+#[test]
+fn a_guest_waiting_for_channels_that_never_come_gives_up() {
+    // The guest expects 4 channels but the host offers no sub-channels.
+    let mut config = SimConfig::new(5);
+    config.guest.min_channels = 4;
+    let r = Sim::new(config).unwrap().run();
+    assert!(!r.stuck && !r.budget_exhausted);
+    assert_eq!(r.guest.timeouts, 1);
+    assert!(r.unloaded);
+    assert_eq!(r.echoes_verified, 96);
+}
