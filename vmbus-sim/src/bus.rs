@@ -98,6 +98,24 @@ pub struct BusStats {
     pub bad_guest_packets: u64,
 }
 
+/// Why the host stopped servicing a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// The guest's side of a ring was corrupt.
+    Ring(Corruption),
+    /// The fault injector corrupted a control word; the host must not repair it.
+    FaultInjected,
+}
+
+/// Why a packet could not be injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectError {
+    /// No open channel with that relid.
+    NoChannel(u32),
+    /// The ring refused the bytes.
+    Write(WriteError),
+}
+
 /// A host channel whose rings are mapped.
 struct HostChannel {
     relid: u32,
@@ -107,7 +125,7 @@ struct HostChannel {
     /// Replies waiting for ring space.
     backlog: VecDeque<HostPacket>,
     buf: Vec<u8>,
-    broken: Option<Corruption>,
+    broken: Option<Broken>,
     /// GPA of the guest-to-host ring's control page.
     outbound_gpa: u64,
     /// GPA of the host-to-guest ring's control page.
@@ -353,7 +371,7 @@ impl Bus {
         if mem.write_u32(gpa, value).is_err() {
             return false;
         }
-        ch.broken = Some(Corruption::WriteIndexOutOfRange { value });
+        ch.broken = Some(Broken::FaultInjected);
         if synic.set_event(relid).is_ok() {
             self.stats.guest_signals += 1;
         }
@@ -581,9 +599,9 @@ impl Bus {
 
     /// Writes one packet into `relid`'s host-to-guest ring with an arbitrary
     /// descriptor (malformed-packet injection) and signals the guest.
-    pub fn inject_raw_packet(&mut self, relid: u32, bytes: &[u8], synic: &mut Synic) -> Result<(), WriteError> {
-        let ch = self.channels.get_mut(&relid).ok_or(WriteError::TooLarge { len: 0 })?;
-        ch.writer.write_raw(&[bytes])?;
+    pub fn inject_raw_packet(&mut self, relid: u32, bytes: &[u8], synic: &mut Synic) -> Result<(), InjectError> {
+        let ch = self.channels.get_mut(&relid).ok_or(InjectError::NoChannel(relid))?;
+        ch.writer.write_raw(&[bytes]).map_err(InjectError::Write)?;
         let _ = ch.writer.commit();
         // Always signal: the guest must look at the bad packet now.
         if synic.set_event(relid).is_ok() {
@@ -644,7 +662,7 @@ impl Bus {
                     }
                     Ok(None) => break,
                     Err(ReadError::Corrupt(c)) => {
-                        ch.broken = Some(c);
+                        ch.broken = Some(Broken::Ring(c));
                         self.stats.ring_corruptions += 1;
                         break;
                     }
@@ -658,7 +676,7 @@ impl Bus {
                     Ok(true) => signal_guest = true,
                     Ok(false) => {}
                     Err(c) => {
-                        ch.broken = Some(c);
+                        ch.broken = Some(Broken::Ring(c));
                         self.stats.ring_corruptions += 1;
                     }
                 }
@@ -669,7 +687,7 @@ impl Bus {
                 Ok(true) => signal_guest = true,
                 Ok(false) => {}
                 Err(c) => {
-                    ch.broken = Some(c);
+                    ch.broken = Some(Broken::Ring(c));
                     self.stats.ring_corruptions += 1;
                 }
             }
@@ -706,14 +724,14 @@ impl Bus {
                         Ok(true) => continue,
                         Ok(false) => return false,
                         Err(c) => {
-                            ch.broken = Some(c);
+                            ch.broken = Some(Broken::Ring(c));
                             stats.ring_corruptions += 1;
                             return false;
                         }
                     }
                 }
                 Err(WriteError::Corrupt(c)) => {
-                    ch.broken = Some(c);
+                    ch.broken = Some(Broken::Ring(c));
                     stats.ring_corruptions += 1;
                     return false;
                 }

@@ -337,29 +337,35 @@ impl Sim {
             return;
         }
         self.record_injection();
-        self.fire(kind);
+        if !self.fire(kind) {
+            // Nothing reached the guest (queue or ring full): try again later.
+            self.injector.injected = false;
+            self.injector.target = None;
+        }
     }
 
     /// Fires a traffic-phase fault (its target, if any, already chosen).
-    fn fire(&mut self, kind: FaultKind) {
+    fn fire(&mut self, kind: FaultKind) -> bool {
         match kind {
             FaultKind::MalformedMessage(m) => self.inject_message(m),
             FaultKind::MalformedPacket(p) => self.inject_packet(p),
-            FaultKind::CorruptRingIndex(i) => {
-                if let Some(t) = self.injector.target {
-                    self.bus.corrupt_ring_index(t, i, &self.mem, &mut self.synic);
-                }
+            FaultKind::CorruptRingIndex(i) => match self.injector.target {
+                Some(t) => self.bus.corrupt_ring_index(t, i, &self.mem, &mut self.synic),
+                None => false,
+            },
+            FaultKind::Rescind(_) => self.injector.target.is_some_and(|t| self.bus.rescind(t)),
+            FaultKind::DroppedReply(t) => {
+                self.bus.server_mut().faults_mut().drop_once = ReplyKinds::of(t);
+                true
             }
-            FaultKind::Rescind(_) => {
-                if let Some(t) = self.injector.target {
-                    self.bus.rescind(t);
-                }
+            FaultKind::HostStopsAnswering => {
+                self.bus.set_silent(true);
+                true
             }
-            FaultKind::DroppedReply(t) => self.bus.server_mut().faults_mut().drop_once = ReplyKinds::of(t),
-            FaultKind::HostStopsAnswering => self.bus.set_silent(true),
             FaultKind::HypercallBusy => {
                 let n = 3 + self.rng.below(40) as u32;
                 self.hv.refuse_next_posts(n);
+                true
             }
         }
     }
@@ -377,8 +383,12 @@ impl Sim {
         if !self.trigger_holds(kind) {
             return;
         }
-        self.chaos_fired.push((kind, self.sched.steps(), self.guest.observations().len()));
-        self.fire(kind);
+        let record = (kind, self.sched.steps(), self.guest.observations().len());
+        if !self.fire(kind) {
+            self.injector.target = None;
+            return;
+        }
+        self.chaos_fired.push(record);
         // The next fault: a fresh target, after a few more packets.
         self.injector.target = None;
         self.injector.threshold = self.guest.stats().packets_received + 2 + self.rng.below(12);
@@ -471,7 +481,7 @@ impl Sim {
         }
     }
 
-    fn inject_message(&mut self, fault: MessageFault) {
+    fn inject_message(&mut self, fault: MessageFault) -> bool {
         let target = self.open_echo_channels(0).first().copied().unwrap_or(1);
         let bytes: Vec<u8> = match fault {
             MessageFault::Truncated => fake_offer(target + 100).as_bytes()[..100].to_vec(),
@@ -517,8 +527,7 @@ impl Sim {
                     },
                     payload: [0xA5; MESSAGE_PAYLOAD_SIZE],
                 };
-                let _ = self.synic.post_raw(msg);
-                return;
+                return self.synic.post_raw(msg).is_ok();
             }
             MessageFault::Unsolicited => {
                 let m = VersionResponse {
@@ -531,11 +540,11 @@ impl Sim {
                 m.as_bytes().to_vec()
             }
         };
-        let _ = self.bus.inject_message(&mut self.synic, &bytes);
+        self.bus.inject_message(&mut self.synic, &bytes)
     }
 
-    fn inject_packet(&mut self, fault: PacketFault) {
-        let Some(target) = self.injector.target else { return };
+    fn inject_packet(&mut self, fault: PacketFault) -> bool {
+        let Some(target) = self.injector.target else { return false };
         let tid = 0xDEAD_0000_0000 | self.rng.below(1 << 16);
         // (type, offset8, len8) written over 32 bytes of packet.
         let (ptype, offset8, len8) = match fault {
@@ -549,7 +558,7 @@ impl Sim {
         let d = PacketDescriptor::raw(ptype, offset8, len8, 0, tid);
         bytes[..16].copy_from_slice(d.as_bytes());
         bytes[16..].fill(0x5A);
-        let _ = self.bus.inject_raw_packet(target, &bytes, &mut self.synic);
+        self.bus.inject_raw_packet(target, &bytes, &mut self.synic).is_ok()
     }
 
     fn judge(&self, kind: FaultKind) -> Outcome {
