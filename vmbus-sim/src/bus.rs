@@ -54,6 +54,8 @@ pub enum RingMapError {
     },
     /// The ring code refused the memory.
     Setup,
+    /// Fault injection: the host refuses this open.
+    Refused,
 }
 
 impl fmt::Display for RingMapError {
@@ -63,6 +65,7 @@ impl fmt::Display for RingMapError {
             RingMapError::Memory(e) => write!(f, "ring GPADL unusable: {e}"),
             RingMapError::BadOffset { offset, pages } => write!(f, "ring offset {offset} in {pages} pages"),
             RingMapError::Setup => f.write_str("ring code refused the mapping"),
+            RingMapError::Refused => f.write_str("open refused by fault injection"),
         }
     }
 }
@@ -217,6 +220,8 @@ pub struct Bus {
     runnable: Vec<u32>,
     /// The host has hung: messages are swallowed, rings not serviced.
     silent: bool,
+    /// Refuse the next open with a failure status (one-shot fault).
+    refuse_next_open: bool,
     stats: BusStats,
     /// Every event seen, for tests and reports (bounded).
     event_log: Vec<ServerEvent>,
@@ -258,6 +263,7 @@ impl Bus {
             held_opens: Vec::new(),
             runnable: Vec::new(),
             silent: false,
+            refuse_next_open: false,
             stats: BusStats::default(),
             event_log: Vec::new(),
             trace: Vec::new(),
@@ -376,6 +382,11 @@ impl Bus {
             self.stats.guest_signals += 1;
         }
         true
+    }
+
+    /// Answers the next open request with a failure status.
+    pub fn refuse_next_open(&mut self) {
+        self.refuse_next_open = true;
     }
 
     /// Holds open requests instead of answering them (until released).
@@ -524,7 +535,12 @@ impl Bus {
     }
 
     fn answer_open(&mut self, open: HeldOpen, mem: &GuestMemory) {
-        let status = match self.map_rings(open, mem) {
+        let mapped = if core::mem::take(&mut self.refuse_next_open) {
+            Err(RingMapError::Refused)
+        } else {
+            self.map_rings(open, mem)
+        };
+        let status = match mapped {
             Ok(ch) => {
                 if let Some(d) = self.devices.get_mut(ch.device) {
                     d.model.on_open_state(true);

@@ -86,6 +86,15 @@ impl RescindPoint {
     ];
 }
 
+/// A request the host answers with a failure status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// GpadlCreated with a non-zero status.
+    Gpadl,
+    /// OpenResult with a non-zero status.
+    Open,
+}
+
 /// One kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultKind {
@@ -103,6 +112,8 @@ pub enum FaultKind {
     HostStopsAnswering,
     /// The hypervisor refuses posts with INSUFFICIENT_BUFFERS for a while.
     HypercallBusy,
+    /// The host refuses one GPADL or one open with a failure status.
+    HostRefuses(Refusal),
 }
 
 /// How the guest handled a fault.
@@ -122,6 +133,8 @@ pub enum Outcome {
     TimedOut,
     /// The guest retried a transient hypercall status and succeeded.
     Retried,
+    /// The guest took the host's failure status, freed what it held and left the channel closed.
+    Refused,
     /// The guest did not react (a failed expectation).
     NotDetected,
 }
@@ -184,6 +197,8 @@ impl fmt::Display for FaultKind {
             FaultKind::DroppedReply(t) => write!(f, "dropped reply {}", t.name()),
             FaultKind::HostStopsAnswering => f.write_str("host stops answering"),
             FaultKind::HypercallBusy => f.write_str("HvPostMessage busy (INSUFFICIENT_BUFFERS)"),
+            FaultKind::HostRefuses(Refusal::Gpadl) => f.write_str("host refuses a GPADL (failure status)"),
+            FaultKind::HostRefuses(Refusal::Open) => f.write_str("host refuses an open (failure status)"),
         }
     }
 }
@@ -198,6 +213,7 @@ impl fmt::Display for Outcome {
             Outcome::ChannelRemoved => "channel closed and released",
             Outcome::TimedOut => "guest gave up the wait (no hang); memory the host may map kept until unload",
             Outcome::Retried => "transient status retried, message delivered",
+            Outcome::Refused => "failure status taken, memory freed, channel left closed",
             Outcome::NotDetected => "NOT DETECTED",
         })
     }
@@ -227,6 +243,7 @@ impl Outcome {
                 | (Outcome::OpenAborted | Outcome::ChannelRemoved, Observation::Rescinded { .. })
                 | (Outcome::TimedOut, Observation::ChannelTimedOut { .. } | Observation::ConnectionTimedOut(_))
                 | (Outcome::Retried, Observation::PostRetried { .. })
+                | (Outcome::Refused, Observation::HostRefused { .. })
         )
     }
 }

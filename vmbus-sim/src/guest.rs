@@ -172,6 +172,15 @@ pub enum Observation {
     },
     /// A connection-level wait was abandoned.
     ConnectionTimedOut(GuestPhase),
+    /// The host answered a GPADL or an open with a failure status.
+    HostRefused {
+        /// Channel.
+        relid: u32,
+        /// The answer (GpadlCreated or OpenResult).
+        answer: MessageType,
+        /// The status.
+        status: u32,
+    },
     /// Posting needed retries (transient statuses).
     PostRetried {
         /// Retries in one guest step.
@@ -192,6 +201,9 @@ impl fmt::Display for Observation {
             Observation::ChannelTimedOut { relid, phase } => write!(f, "relid {relid}: gave up waiting in {phase:?}"),
             Observation::ConnectionTimedOut(p) => write!(f, "gave up waiting in {p:?}"),
             Observation::PostRetried { retries } => write!(f, "HvPostMessage retried {retries} time(s)"),
+            Observation::HostRefused { relid, answer, status } => {
+                write!(f, "relid {relid}: {} with status {status:#x}", answer.name())
+            }
         }
     }
 }
@@ -633,7 +645,9 @@ impl Guest {
                             c.phase = Phase::Abandoned;
                         }
                     }
-                    OpStatus::Failed(_) => {
+                    OpStatus::Failed(status) => {
+                        let answer = MessageType::GPADL_CREATED;
+                        observe(&mut self.observations, Observation::HostRefused { relid, answer, status });
                         // The host never mapped the pages: free them.
                         c.gpadl = None;
                         free_region(mem, c);
@@ -660,7 +674,9 @@ impl Guest {
                             c.phase = Phase::Abandoned;
                         }
                     }
-                    OpStatus::Failed(_) => {
+                    OpStatus::Failed(status) => {
+                        let answer = MessageType::OPEN_CHANNEL_RESULT;
+                        observe(&mut self.observations, Observation::HostRefused { relid, answer, status });
                         self.stats.host_refusals += 1;
                         c.phase = Phase::TearingDown;
                         c.wait_since = self.now;

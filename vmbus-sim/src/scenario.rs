@@ -5,7 +5,7 @@
 //! against expectations; a failed expectation is recorded in
 //! [`Report::failures`], never a panic.
 
-use crate::fault::{FaultKind, IndexFault, MessageFault, Outcome, PacketFault, RescindPoint};
+use crate::fault::{FaultKind, IndexFault, MessageFault, Outcome, PacketFault, Refusal, RescindPoint};
 use crate::report::{Expectation, Report};
 use crate::sim::{Sim, SimConfig};
 use alloc::format;
@@ -133,6 +133,8 @@ impl Scenario {
         v.extend(DROPPED_REPLIES.iter().map(|&t| Scenario::Fault(FaultKind::DroppedReply(t))));
         v.push(Scenario::Fault(FaultKind::HostStopsAnswering));
         v.push(Scenario::Fault(FaultKind::HypercallBusy));
+        v.push(Scenario::Fault(FaultKind::HostRefuses(Refusal::Gpadl)));
+        v.push(Scenario::Fault(FaultKind::HostRefuses(Refusal::Open)));
         v.push(Scenario::Chaos);
         v
     }
@@ -173,6 +175,8 @@ impl Scenario {
             Scenario::Fault(FaultKind::DroppedReply(t)) => format!("dropped-reply-{}", slug_reply(t)),
             Scenario::Fault(FaultKind::HostStopsAnswering) => "host-stops-answering".into(),
             Scenario::Fault(FaultKind::HypercallBusy) => "hypercall-busy".into(),
+            Scenario::Fault(FaultKind::HostRefuses(Refusal::Gpadl)) => "host-refuses-gpadl".into(),
+            Scenario::Fault(FaultKind::HostRefuses(Refusal::Open)) => "host-refuses-open".into(),
             Scenario::Chaos => "chaos".into(),
         }
     }
@@ -222,6 +226,7 @@ impl Scenario {
                 &[Outcome::TimedOut]
             }
             Scenario::Fault(FaultKind::HypercallBusy) => &[Outcome::Retried],
+            Scenario::Fault(FaultKind::HostRefuses(_)) => &[Outcome::Refused],
             _ => &[],
         }
     }

@@ -5,7 +5,7 @@
 
 use crate::bus::Bus;
 use crate::devices::echo::{EchoDevice, ECHO_INTERFACE};
-use crate::fault::{FaultKind, FaultRecord, MessageFault, Outcome, PacketFault, RescindPoint};
+use crate::fault::{FaultKind, FaultRecord, MessageFault, Outcome, PacketFault, Refusal, RescindPoint};
 use crate::guest::{Guest, GuestConfig, GuestPhase, GuestStats, Phase};
 use crate::hypercall::Hypercalls;
 use crate::memory::GuestMemory;
@@ -231,6 +231,10 @@ impl Sim {
                 self.bus.set_hold_opens(true);
                 self.injector.prepared = true;
             }
+            FaultKind::HostRefuses(Refusal::Open) => {
+                self.bus.refuse_next_open();
+                self.record_injection();
+            }
             _ => {}
         }
     }
@@ -302,6 +306,14 @@ impl Sim {
         if !self.config.chaos.is_empty() {
             return self.maybe_inject_chaos();
         }
+        // A one-GPADL refusal ends once the host has taken that header.
+        if self.config.fault == Some(FaultKind::HostRefuses(Refusal::Gpadl))
+            && self.injector.prepared
+            && self.next_gpadl_header_relid() != self.injector.target
+        {
+            self.bus.server_mut().faults_mut().fail_gpadl = None;
+            self.injector.prepared = false;
+        }
         let Some(kind) = self.config.fault else { return };
         if self.injector.injected {
             return;
@@ -329,6 +341,16 @@ impl Sim {
             }
             FaultKind::DroppedReply(t) if t == MessageType::VERSION_RESPONSE || t == MessageType::UNLOAD_RESPONSE => {
                 self.record_injection();
+                return;
+            }
+            FaultKind::HostRefuses(Refusal::Gpadl) => {
+                // Fail exactly the GPADL whose header waits at the head of the host's inbox.
+                if let Some(relid) = self.next_gpadl_header_relid().filter(|r| self.echo_relids.contains(r)) {
+                    self.injector.target = Some(relid);
+                    self.record_injection();
+                    self.injector.prepared = true;
+                    self.bus.server_mut().faults_mut().fail_gpadl = Some(vmbus_core::host::STATUS_UNSUCCESSFUL);
+                }
                 return;
             }
             _ => {}
@@ -367,6 +389,8 @@ impl Sim {
                 self.hv.refuse_next_posts(n);
                 true
             }
+            // Set up at a precise protocol moment elsewhere.
+            FaultKind::HostRefuses(_) => false,
         }
     }
 
@@ -577,6 +601,7 @@ impl Sim {
                 }
                 Outcome::TimedOut => after.timeouts > before.timeouts,
                 Outcome::Retried => after.post_retries > before.post_retries,
+                Outcome::Refused => after.host_refusals > before.host_refusals,
                 Outcome::NotDetected => false,
             }
         };
@@ -589,8 +614,10 @@ impl Sim {
             FaultKind::Rescind(_) => &[Outcome::OpenAborted, Outcome::ChannelRemoved],
             FaultKind::DroppedReply(_) | FaultKind::HostStopsAnswering => &[Outcome::TimedOut],
             FaultKind::HypercallBusy => &[Outcome::Retried],
+            FaultKind::HostRefuses(_) => &[Outcome::Refused],
         };
-        const ALL: [Outcome; 7] = [
+        const ALL: [Outcome; 8] = [
+            Outcome::Refused,
             Outcome::ChannelShutDown,
             Outcome::OpenAborted,
             Outcome::ChannelRemoved,

@@ -118,7 +118,7 @@ fn every_fault_kind_is_injected_and_handled() {
             }
         }
     }
-    assert_eq!(kinds, 7 + 5 + 3 + 6 + 4 + 1 + 1);
+    assert_eq!(kinds, 7 + 5 + 3 + 6 + 4 + 1 + 1 + 2);
 }
 
 #[test]
