@@ -7,7 +7,7 @@
 use core::borrow::BorrowMut;
 use core::fmt;
 
-use crate::packet::{inband_header, IncomingPacket, PacketError, PacketType};
+use crate::packet::{inband_header, write_gpa_direct_header, IncomingPacket, PacketError, PacketType, PageRange};
 use crate::platform::Hypervisor;
 use crate::ring::{Corruption, ReadError, RingCounters, RingReader, RingWriter, WriteError};
 
@@ -73,6 +73,23 @@ impl<W: BorrowMut<RingWriter>> ChannelSender<W> {
     ) -> Result<(), ChannelError> {
         let header = inband_header(packet_type, flags, trans_id, payload.len()).map_err(ChannelError::Packet)?;
         self.writer.borrow_mut().write(&[&header, payload]).map_err(ChannelError::Write)
+    }
+
+    /// Queues a GPA-direct packet (type 9) describing `ranges`, followed by
+    /// the in-band `payload`. The header is built in `scratch` (size it with
+    /// [`crate::packet::gpa_direct_header_len`]), so nothing is allocated.
+    pub fn send_gpa_direct(
+        &mut self,
+        flags: u16,
+        trans_id: u64,
+        ranges: &[PageRange<'_>],
+        payload: &[u8],
+        scratch: &mut [u8],
+    ) -> Result<(), ChannelError> {
+        let n =
+            write_gpa_direct_header(scratch, flags, trans_id, ranges, payload.len()).map_err(ChannelError::Packet)?;
+        let header = scratch.get(..n).ok_or(ChannelError::Packet(PacketError::BufferTooSmall { needed: n }))?;
+        self.writer.borrow_mut().write(&[header, payload]).map_err(ChannelError::Write)
     }
 
     /// Commits the queued packets and signals the host if the commit says

@@ -49,6 +49,18 @@ const fn ring_distance(from: u32, to: u32, size: u32) -> u32 {
     }
 }
 
+/// `(pos + n) mod size` for `pos < size` and `n <= size` (no division on
+/// the data path; `size <= u32::MAX / 2` so the sum cannot overflow).
+#[inline]
+const fn advance(pos: u32, n: u32, size: u32) -> u32 {
+    let x = pos + n;
+    if x >= size {
+        x - size
+    } else {
+        x
+    }
+}
+
 /// Which control word a corruption was seen in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Corruption {
@@ -560,6 +572,13 @@ pub enum WriteError {
     Corrupt(Corruption),
 }
 
+impl WriteError {
+    /// Whether this is the (non-corruption) "ring full, retry later" outcome.
+    pub fn is_full(&self) -> bool {
+        matches!(self, WriteError::Full { .. })
+    }
+}
+
 impl fmt::Display for WriteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -584,6 +603,14 @@ pub enum ReadError {
     /// The packet's framing was fine but its extended header was not; it
     /// was skipped.
     Malformed(PacketError),
+}
+
+impl ReadError {
+    /// Whether the ring is now (stickily) corrupt, as opposed to one packet
+    /// having been skipped.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, ReadError::Corrupt(_))
+    }
 }
 
 impl fmt::Display for ReadError {
@@ -774,15 +801,15 @@ impl RingWriter {
         let mut pos = start;
         for seg in segments.iter().filter(|s| !s.is_empty()) {
             s.mem.copy_in(pos, seg);
-            pos = (pos + seg.len() as u32) % size;
+            pos = advance(pos, seg.len() as u32, size);
         }
         let pad = padded - total;
         if pad != 0 {
             s.mem.copy_in(pos, &[0u8; 8][..pad]);
-            pos = (pos + pad as u32) % size;
+            pos = advance(pos, pad as u32, size);
         }
         s.mem.copy_in(pos, &((start as u64) << 32).to_le_bytes());
-        s.next_write = (start + needed) % size;
+        s.next_write = advance(start, needed, size);
         s.counters.packets += 1;
         s.counters.bytes += padded as u64;
         Ok(())
@@ -993,7 +1020,7 @@ impl RingReader {
             return Err(ReadError::Corrupt(self.fail(Corruption::PacketBeyondWriteIndex { needed, available })));
         }
         let s = &mut *self.state;
-        s.next_read = (start + needed) % size;
+        s.next_read = advance(start, needed, size);
         s.counters.packets += 1;
         s.counters.bytes += len as u64;
         let Some(dst) = buf.get_mut(..len) else {
@@ -1002,7 +1029,7 @@ impl RingReader {
         };
         let (head, rest) = dst.split_at_mut(DESCRIPTOR_SIZE);
         head.copy_from_slice(&desc);
-        s.mem.copy_out((start + DESCRIPTOR_SIZE as u32) % size, rest);
+        s.mem.copy_out(advance(start, DESCRIPTOR_SIZE as u32, size), rest);
         Ok(Some(len))
     }
 

@@ -527,3 +527,93 @@ fn channel_receiver_reports_corruption() {
     assert!(rx.poll(&hv, 10, |_| {}).is_err());
     assert!(rx.poll(&hv, 10, |_| {}).is_err(), "sticky");
 }
+
+// ------------------------------------------------------------------- setup
+
+#[test]
+fn ring_memory_rejects_bad_geometry() {
+    use std::ptr::NonNull;
+    use vmbus_core::ring::{Mapping, RingMemory, RingSetupError};
+    let mut page = vec![0u8; 3 * 4096];
+    let base = page.as_mut_ptr();
+    let aligned = base.wrapping_add(base.align_offset(4096));
+    let header = NonNull::new(aligned).unwrap();
+    let data = NonNull::new(aligned.wrapping_add(4096)).unwrap();
+    let odd = NonNull::new(aligned.wrapping_add(8)).unwrap();
+    // SAFETY: the constructor fails before anything could use the pointers;
+    // the successful call's value is dropped without building halves.
+    unsafe {
+        for size in [0usize, 100, 4095, 4097] {
+            assert_eq!(
+                RingMemory::new(header, data, size, Mapping::Plain).unwrap_err(),
+                RingSetupError::BadDataSize { data_size: size }
+            );
+        }
+        assert!(matches!(
+            RingMemory::new(header, data, 1 << 31, Mapping::Double),
+            Err(RingSetupError::BadDataSize { .. })
+        ));
+        assert_eq!(RingMemory::new(odd, data, 4096, Mapping::Plain).unwrap_err(), RingSetupError::Misaligned);
+        assert_eq!(RingMemory::new(header, odd, 4096, Mapping::Plain).unwrap_err(), RingSetupError::Misaligned);
+        assert_eq!(RingMemory::new(header, data, 4096, Mapping::Plain).unwrap().data_size(), 4096);
+    }
+    assert!(OwnedRing::new(0).is_none());
+}
+
+#[test]
+fn corrupt_write_index_in_end_read_and_pending_commit() {
+    // end_read re-reads write_index and validates it.
+    let mut ring = OwnedRing::new(1).unwrap();
+    ring.reader.begin_read();
+    ring.poke_control(ring_control::WRITE_INDEX, 4100);
+    assert_eq!(ring.reader.end_read(), Err(Corruption::WriteIndexOutOfRange { value: 4100 }));
+    assert!(matches!(ring.reader.read(&mut [0u8; 64]), Err(ReadError::Corrupt(_))));
+
+    // The pending-size decision in commit re-reads write_index too.
+    let mut ring = OwnedRing::new(1).unwrap();
+    let mut buf = vec![0u8; 256];
+    write_inband(&mut ring, 1, &[0u8; 40]).unwrap();
+    write_inband(&mut ring, 2, &[0u8; 40]).unwrap();
+    ring.writer.commit().unwrap();
+    read_one(&mut ring, &mut buf).unwrap();
+    ring.poke_control(ring_control::PENDING_SEND_SIZE, 4000);
+    // Claims the writer is at 32, behind the 64 bytes we just consumed.
+    ring.poke_control(ring_control::WRITE_INDEX, 32);
+    assert_eq!(ring.reader.commit(), Err(Corruption::WriteIndexInconsistent { value: 32 }));
+    assert_eq!(ring.reader.corruption(), Some(Corruption::WriteIndexInconsistent { value: 32 }));
+}
+
+#[test]
+fn channel_sender_gpa_direct() {
+    let hv = CountingHv::default();
+    let mut ring = OwnedRing::new(2).unwrap();
+    let (writer, host_reader, _) = ring.halves();
+    let mut sender = ChannelSender::new(writer, 1);
+    let pfns = [0x100u64, 0x101, 0x102];
+    let ranges = [PageRange { len: 8192, offset: 100, pfns: &pfns }];
+    let mut scratch = [0u8; 64];
+    sender.send_gpa_direct(FLAG_COMPLETION_REQUESTED, 42, &ranges, b"request", &mut scratch).unwrap();
+    // Too small a scratch buffer is a typed error, not a panic.
+    let err = sender.send_gpa_direct(0, 43, &ranges, b"x", &mut scratch[..16]).unwrap_err();
+    assert_eq!(err, vmbus_core::channel::ChannelError::Packet(PacketError::BufferTooSmall { needed: 56 }));
+    // A PFN list that does not match the range is refused.
+    let bad = [PageRange { len: 8192, offset: 100, pfns: &pfns[..2] }];
+    assert!(sender.send_gpa_direct(0, 44, &bad, b"x", &mut scratch).is_err());
+    assert!(sender.flush(&hv).unwrap());
+    let mut buf = vec![0u8; 256];
+    let p = host_reader.read(&mut buf).unwrap().unwrap();
+    assert_eq!((p.packet_type, p.trans_id), (PacketType::DATA_GPA_DIRECT, 42));
+    assert_eq!(&p.payload[..7], b"request");
+    let ExtendedHeader::GpaDirect(g) = p.extended else { panic!("type") };
+    let r = g.ranges().next().unwrap();
+    assert_eq!((r.len, r.offset, r.pfns.len(), r.pfns[2].get()), (8192, 100, 3, 0x102));
+    assert!(host_reader.read(&mut buf).unwrap().is_none());
+}
+
+#[test]
+fn outcome_helpers() {
+    assert!(WriteError::Full { needed: 8, free: 8 }.is_full());
+    assert!(!WriteError::Corrupt(Corruption::ReadIndexUnaligned { value: 1 }).is_full());
+    assert!(ReadError::Corrupt(Corruption::WriteIndexUnaligned { value: 1 }).is_corrupt());
+    assert!(!ReadError::TooLarge { len: 8 }.is_corrupt());
+}
