@@ -223,6 +223,19 @@ mod tests {
         assert_eq!(p.len(), 12);
     }
 
+    proptest::proptest! {
+        /// Any slot contents: parse never panics and never returns more than
+        /// 240 payload bytes or more than the header's payload_size.
+        #[test]
+        fn slot_parse_is_total(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Ok((h, p)) = HvMessage::parse(&raw) {
+                proptest::prop_assert!(p.len() <= MESSAGE_PAYLOAD_SIZE);
+                proptest::prop_assert_eq!(p.len(), usize::from(h.payload_size));
+                proptest::prop_assert!(h.message_type != HVMSG_NONE);
+            }
+        }
+    }
+
     #[test]
     fn statuses() {
         assert!(HvStatus::INSUFFICIENT_BUFFERS.is_transient());

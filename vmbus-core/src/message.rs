@@ -841,6 +841,40 @@ mod tests {
         assert_eq!(ChannelMessage::parse(&[0u8; 241]), Err(MessageError::TooLong(241)));
     }
 
+    proptest::proptest! {
+        /// Whatever the peer sends: parse never panics, every accepted message
+        /// re-emits within 240 bytes and re-parses to the same message, and a
+        /// GPADL message's variable part is whole 8-byte units.
+        #[test]
+        fn parse_is_total_and_round_trips(
+            typ in 0u32..30,
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..260),
+        ) {
+            let mut bytes = typ.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&body);
+            // Also the raw prefix shorter than a header.
+            for cut in [0, 3, 7].into_iter().filter(|&c| c <= bytes.len()) {
+                proptest::prop_assert_eq!(ChannelMessage::parse(&bytes[..cut]), Err(MessageError::NoHeader));
+            }
+            let Ok(m) = ChannelMessage::parse(&bytes) else { return Ok(()) };
+            proptest::prop_assert!(bytes.len() <= MESSAGE_PAYLOAD_SIZE);
+            proptest::prop_assert_eq!(m.message_type().0, typ);
+            match &m {
+                ChannelMessage::GpadlHeader(h) => {
+                    proptest::prop_assert!(h.range_bytes.len() % 8 == 0 && !h.range_bytes.is_empty());
+                    proptest::prop_assert!(h.range_bytes.len() <= usize::from(h.fixed.range_buflen));
+                }
+                ChannelMessage::GpadlBody(b) => {
+                    proptest::prop_assert!(b.pfn_bytes.len() % 8 == 0 && !b.pfn_bytes.is_empty());
+                }
+                _ => {}
+            }
+            let out = OutgoingMessage::new(&m).unwrap();
+            proptest::prop_assert!(out.as_bytes().len() <= MESSAGE_PAYLOAD_SIZE);
+            proptest::prop_assert_eq!(ChannelMessage::parse(out.as_bytes()), Ok(m));
+        }
+    }
+
     #[test]
     fn legacy_version_response() {
         let mut b = [0u8; 9];

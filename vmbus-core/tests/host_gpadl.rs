@@ -164,6 +164,64 @@ fn msgnumber_rule_is_configurable() {
     assert_eq!(created_status(&mut s).2, 0);
 }
 
+/// Sets every body's msgnumber to `n` (Linux and FreeBSD leave it 0).
+fn number_bodies(msgs: &mut [Vec<u8>], n: u32) {
+    for m in msgs.iter_mut().skip(1) {
+        m[8..12].copy_from_slice(&n.to_le_bytes());
+    }
+}
+
+#[test]
+fn default_rule_accepts_zero_numbered_bodies_of_linux_guests() {
+    // A Linux or FreeBSD guest leaves GpadlBody.msgnumber at 0; the default
+    // host must not refuse their multi-message GPADLs.
+    let (mut s, r) = setup();
+    let pfns: Vec<u64> = (0..120).collect();
+    let mut msgs = gpadl_messages_range(r, 1, 0, 120 * 4096, &pfns, 1);
+    assert!(msgs.len() >= 4);
+    number_bodies(&mut msgs, 0);
+    for m in &msgs {
+        post_raw(&mut s, m).unwrap();
+    }
+    assert_eq!(created_status(&mut s), (r, 1, 0));
+    assert_eq!(s.gpadl(1).unwrap().pfns().collect::<Vec<_>>(), pfns);
+    // Our own guest's numbering (1, 2, ...) is still accepted.
+    for m in gpadl_messages_range(r, 2, 0, 120 * 4096, &pfns, 1) {
+        post_raw(&mut s, &m).unwrap();
+    }
+    assert_eq!(created_status(&mut s), (r, 2, 0));
+}
+
+#[test]
+fn default_rule_refuses_mixed_numbering() {
+    let (mut s, r) = setup();
+    let pfns: Vec<u64> = (0..120).collect();
+    // Zero-numbered first body, then a numbered one.
+    let mut msgs = gpadl_messages_range(r, 3, 0, 120 * 4096, &pfns, 1);
+    msgs[1][8..12].copy_from_slice(&0u32.to_le_bytes());
+    post_raw(&mut s, &msgs[0]).unwrap();
+    post_raw(&mut s, &msgs[1]).unwrap();
+    assert_eq!(post_raw(&mut s, &msgs[2]), Err(HostError::GpadlBadMsgnumber { handle: 3, expected: 0, got: 2 }));
+    assert_eq!(created_status(&mut s).2, vmbus_core::host::STATUS_UNSUCCESSFUL);
+    // Numbered first body, then a zero one.
+    let mut msgs = gpadl_messages_range(r, 4, 0, 120 * 4096, &pfns, 1);
+    msgs[2][8..12].copy_from_slice(&0u32.to_le_bytes());
+    post_raw(&mut s, &msgs[0]).unwrap();
+    post_raw(&mut s, &msgs[1]).unwrap();
+    assert_eq!(post_raw(&mut s, &msgs[2]), Err(HostError::GpadlBadMsgnumber { handle: 4, expected: 2, got: 0 }));
+    assert_eq!(created_status(&mut s).2, vmbus_core::host::STATUS_UNSUCCESSFUL);
+    // The strict rule still refuses zero-numbered bodies.
+    let mut s = server_with(|c| c.msgnumber_rule = MsgnumberRule::Sequential { first: 1 });
+    connect_and_request(&mut s);
+    let r = offer(&mut s, 1);
+    drain(&mut s);
+    let mut msgs = gpadl_messages_range(r, 5, 0, 120 * 4096, &pfns, 1);
+    number_bodies(&mut msgs, 0);
+    post_raw(&mut s, &msgs[0]).unwrap();
+    assert_eq!(post_raw(&mut s, &msgs[1]), Err(HostError::GpadlBadMsgnumber { handle: 5, expected: 1, got: 0 }));
+    assert_eq!(s.pending_gpadl_count(), 0);
+}
+
 #[test]
 fn too_many_pfns_in_bodies() {
     let (mut s, r) = setup();
@@ -316,4 +374,46 @@ fn fail_gpadl_fault() {
     assert_eq!(s.gpadl_page_total(), 0);
     s.faults_mut().fail_gpadl = None;
     create_gpadl(&mut s, r, 1, 30);
+}
+
+proptest::proptest! {
+    /// Default rule: bodies numbered 1, 2, ... or all 0 build the GPADL; a
+    /// GPADL whose bodies mix the two forms is refused at the first body that
+    /// breaks both, with a failure reply and nothing left pending.
+    #[test]
+    fn default_rule_body_numbering(
+        pages in 55usize..300,
+        mode in 0u8..3,
+        pick in proptest::prelude::any::<proptest::sample::Index>(),
+    ) {
+        let (mut s, r) = setup();
+        let pfns: Vec<u64> = (0..pages as u64).map(|i| 0x4_0000 + i).collect();
+        let mut msgs = gpadl_messages_range(r, 0x99, 0, (pages * 4096) as u32, &pfns, 1);
+        let bodies = msgs.len() - 1;
+        proptest::prop_assert!(bodies >= 2);
+        let mixed_at = pick.index(bodies);
+        match mode {
+            0 => {}
+            1 => number_bodies(&mut msgs, 0),
+            _ => msgs[1 + mixed_at][8..12].copy_from_slice(&0u32.to_le_bytes()),
+        }
+        // A zeroed first body picks the all-zero form; the next numbered one breaks it.
+        let refused_body = (mode == 2).then_some(mixed_at.max(1));
+        for (i, m) in msgs.iter().enumerate() {
+            let res = post_raw(&mut s, m);
+            if refused_body.map(|b| b + 1) == Some(i) {
+                let is_bad_msgnumber = matches!(res, Err(HostError::GpadlBadMsgnumber { handle: 0x99, .. }));
+                proptest::prop_assert!(is_bad_msgnumber, "{:?}", res);
+                proptest::prop_assert_eq!(created_status(&mut s).2, vmbus_core::host::STATUS_UNSUCCESSFUL);
+                proptest::prop_assert_eq!(s.pending_gpadl_count(), 0);
+                proptest::prop_assert_eq!(s.gpadl_page_total(), 0);
+                return Ok(());
+            }
+            proptest::prop_assert_eq!(res, Ok(()));
+        }
+        proptest::prop_assert!(refused_body.is_none());
+        proptest::prop_assert_eq!(created_status(&mut s), (r, 0x99, 0));
+        proptest::prop_assert_eq!(s.gpadl(0x99).unwrap().pfns().collect::<Vec<_>>(), pfns);
+        proptest::prop_assert_eq!(s.gpadl_page_total(), pages);
+    }
 }

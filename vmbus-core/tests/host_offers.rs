@@ -151,8 +151,10 @@ fn rescind_holds_the_relid_until_released() {
     connect_and_request(&mut s);
     let r = offer(&mut s, 1);
     drain(&mut s);
-    // RelidReleased for a live channel is refused.
+    // RelidReleased for a live channel the guest uses (it holds a GPADL) is refused.
+    create_gpadl(&mut s, r, 0x40, 1);
     assert_eq!(post(&mut s, &released_msg(r)), Err(HostError::NotRescinded(r)));
+    assert!(s.channel(r).unwrap().is_offered());
     s.rescind(r).unwrap();
     assert_eq!(s.rescind(r), Err(HostApiError::AlreadyRescinded(r)));
     let out = drain(&mut s);
@@ -167,9 +169,44 @@ fn rescind_holds_the_relid_until_released() {
     drain(&mut s);
     post(&mut s, &released_msg(r)).unwrap();
     assert!(s.channel(r).is_none());
-    assert_eq!(events(&mut s), vec![ServerEvent::RelidReleased { relid: r }]);
+    assert_eq!(
+        events(&mut s),
+        vec![ServerEvent::GpadlTornDown { relid: r, handle: 0x40 }, ServerEvent::RelidReleased { relid: r }]
+    );
     assert_eq!(post(&mut s, &released_msg(r)), Err(HostError::UnknownRelid(r)));
     assert_eq!(offer(&mut s, 3), r, "released relid is reused");
+}
+
+#[test]
+fn guest_may_decline_an_unused_offer_with_relid_released() {
+    // A guest that cannot take an offer (Linux: channel allocation failed)
+    // answers it with RelidReleased although it was never rescinded.
+    let mut s = server();
+    connect_and_request(&mut s);
+    let r = offer(&mut s, 1);
+    let other = offer(&mut s, 2);
+    drain(&mut s);
+    post(&mut s, &released_msg(r)).unwrap();
+    assert!(drain(&mut s).is_empty());
+    assert!(events(&mut s).is_empty());
+    // The channel stays with its device but is unknown to the guest on this connection.
+    assert!(!s.channel(r).unwrap().is_offered());
+    assert_eq!(post(&mut s, &open_msg(r, r, 1, 2, 0)), Err(HostError::UnknownRelid(r)));
+    assert_eq!(post(&mut s, &released_msg(r)), Err(HostError::UnknownRelid(r)));
+    drain(&mut s);
+    assert!(s.channel(other).unwrap().is_offered());
+    // A rescind of the declined channel just removes it (the guest never sees it).
+    s.rescind(r).unwrap();
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(events(&mut s), vec![ServerEvent::OfferRemoved { relid: r }]);
+    // A declined channel is offered again on the next connection.
+    let r3 = offer(&mut s, 3);
+    drain(&mut s);
+    post(&mut s, &released_msg(r3)).unwrap();
+    post(&mut s, &ChannelMessage::Unload).unwrap();
+    drain(&mut s);
+    connect_and_request(&mut s);
+    assert!(s.channel(r3).unwrap().is_offered());
 }
 
 #[test]

@@ -20,7 +20,7 @@ const EVENTS: usize = 32;
 enum Guest {
     Contact { version: usize, vcpu: u32, sint: u8 },
     RequestOffers,
-    Gpadl { relid: u32, handle: u32, pages: usize, skip_body: bool },
+    Gpadl { relid: u32, handle: u32, pages: usize, skip_body: bool, zero_numbered: bool },
     GpadlHeaderOnly { relid: u32, handle: u32, pages: usize },
     Open { relid: u32, handle: u32, offset: u32, vp: u32 },
     Close(u32),
@@ -54,8 +54,14 @@ fn guest() -> impl Strategy<Value = Guest> {
             sint
         }),
         1 => Just(Guest::RequestOffers),
-        3 => (0u32..6, 0u32..5, 1usize..70, proptest::bool::weighted(0.2)).prop_map(
-            |(relid, handle, pages, skip_body)| Guest::Gpadl { relid, handle, pages, skip_body }
+        3 => (0u32..6, 0u32..5, 1usize..70, proptest::bool::weighted(0.2), any::<bool>()).prop_map(
+            |(relid, handle, pages, skip_body, zero_numbered)| Guest::Gpadl {
+                relid,
+                handle,
+                pages,
+                skip_body,
+                zero_numbered
+            }
         ),
         1 => (0u32..6, 0u32..5, 27usize..70).prop_map(|(relid, handle, pages)| Guest::GpadlHeaderOnly {
             relid,
@@ -113,8 +119,14 @@ fn encode(g: &Guest) -> Vec<Vec<u8>> {
             vec![bytes_of(&ChannelMessage::InitiateContact(ic))]
         }
         Guest::RequestOffers => vec![bytes_of(&ChannelMessage::RequestOffers)],
-        Guest::Gpadl { relid, handle, pages, skip_body } => {
+        Guest::Gpadl { relid, handle, pages, skip_body, zero_numbered } => {
             let mut m = gpadl_messages(relid, handle, 0x100, pages);
+            if zero_numbered {
+                // As Linux and FreeBSD send them.
+                for body in m.iter_mut().skip(1) {
+                    body[8..12].copy_from_slice(&0u32.to_le_bytes());
+                }
+            }
             if skip_body && m.len() > 2 {
                 m.remove(1);
             }
@@ -160,6 +172,11 @@ fn check_invariants(s: &Server) {
             assert_eq!(g.relid, relid);
             assert!(p.downstream_offset >= 2 && p.downstream_offset as usize + 2 <= g.page_count());
             assert!(!(c.is_rescinded() && matches!(c.state(), ChannelState::Opening(_))));
+        }
+        if !c.is_offered() {
+            // Never sent, or declined by the guest: nothing can be in use.
+            assert!(matches!(c.state(), ChannelState::Closed));
+            assert!(s.gpadls().all(|g| g.relid != relid), "GPADL on a channel the guest does not know");
         }
         if s.connection().is_none() {
             assert!(!c.is_rescinded(), "rescinded channel survived disconnect");

@@ -7,7 +7,7 @@
 //! what the header declared before any byte is kept, and the finished range
 //! list must describe exactly the bytes received.
 
-use super::HostError;
+use super::{HostError, MsgnumberRule};
 use crate::message::GpaRange;
 use alloc::vec::Vec;
 use zerocopy::FromBytes;
@@ -67,11 +67,48 @@ pub(crate) struct PendingGpadl {
     pub declared_len: usize,
     /// Bytes received so far (never more than `declared_len`).
     pub bytes: Vec<u8>,
-    /// msgnumber the next body must carry.
+    /// msgnumber the next body carries if the bodies are numbered.
     pub next_msgnumber: u32,
+    /// Every body so far carried its sequential number.
+    pub may_be_sequential: bool,
+    /// Every body so far carried 0 (allowed by [`MsgnumberRule::SequentialOrZero`]).
+    pub may_be_zero: bool,
 }
 
 impl PendingGpadl {
+    /// A GPADL whose header declared `rangecount` ranges in `declared_len` bytes.
+    pub fn new(relid: u32, rangecount: u16, declared_len: usize, rule: MsgnumberRule) -> PendingGpadl {
+        let (first, may_be_zero) = match rule {
+            MsgnumberRule::Sequential { first } => (first, false),
+            MsgnumberRule::SequentialOrZero { first } => (first, true),
+            MsgnumberRule::Ignore => (0, true),
+        };
+        PendingGpadl {
+            relid,
+            rangecount,
+            declared_len,
+            bytes: Vec::new(),
+            next_msgnumber: first,
+            may_be_sequential: true,
+            may_be_zero,
+        }
+    }
+
+    /// Checks a body's msgnumber against the numberings still possible for
+    /// this GPADL (sequential, and all-zero if the rule allows it), and
+    /// narrows them. The caller advances `next_msgnumber` once the body is taken.
+    pub fn check_msgnumber(&mut self, handle: u32, got: u32) -> Result<(), HostError> {
+        let sequential = self.may_be_sequential && got == self.next_msgnumber;
+        let zero = self.may_be_zero && got == 0;
+        if !sequential && !zero {
+            let expected = if self.may_be_sequential { self.next_msgnumber } else { 0 };
+            return Err(HostError::GpadlBadMsgnumber { handle, expected, got });
+        }
+        self.may_be_sequential = sequential;
+        self.may_be_zero = zero;
+        Ok(())
+    }
+
     pub fn is_complete(&self) -> bool {
         self.bytes.len() == self.declared_len
     }

@@ -113,6 +113,14 @@ pub enum MsgnumberRule {
         /// msgnumber of the first body message.
         first: u32,
     },
+    /// The default: the bodies of one GPADL carry either `first`, `first + 1`,
+    /// ... in order (what this crate's guest sends) or all 0 (Linux and
+    /// FreeBSD leave the field zeroed). Mixing the two is refused. Bodies are
+    /// taken in arrival order either way.
+    SequentialOrZero {
+        /// msgnumber of the first body message in the numbered form.
+        first: u32,
+    },
     /// msgnumber is not checked (bodies are still taken in arrival order).
     Ignore,
 }
@@ -139,7 +147,8 @@ pub struct ServerConfig {
     pub max_gpadls: usize,
     /// Bound on GPADLs whose body messages are still outstanding.
     pub max_pending_gpadls: usize,
-    /// GpadlBody msgnumber rule.
+    /// GpadlBody msgnumber rule (default [`MsgnumberRule::SequentialOrZero`] from 1,
+    /// which takes both this crate's numbered bodies and Linux's zeroed ones).
     pub msgnumber_rule: MsgnumberRule,
     /// Capacity of the outgoing-message queue.
     pub outbox_capacity: usize,
@@ -162,7 +171,7 @@ impl Default for ServerConfig {
             max_gpadl_pages: 1 << 18,
             max_gpadls: 4096,
             max_pending_gpadls: 64,
-            msgnumber_rule: MsgnumberRule::Sequential { first: 1 },
+            msgnumber_rule: MsgnumberRule::SequentialOrZero { first: 1 },
             outbox_capacity: 4096,
             event_capacity: 16384,
             auto_accept_open: false,
@@ -347,7 +356,9 @@ pub enum HostError {
     OpenPending(u32),
     /// CloseChannel / ModifyChannel for a channel that is not open.
     NotOpen(u32),
-    /// RelidReleased for a channel that was not rescinded.
+    /// RelidReleased for a channel that was not rescinded and is in use
+    /// (open, opening or holding GPADLs). An unused channel may be released:
+    /// the guest declines the offer.
     NotRescinded(u32),
     /// OpenChannel ring-offset problem: the offset must leave at least one
     /// header page and one data page on each side.
@@ -432,7 +443,7 @@ impl fmt::Display for HostError {
             HostError::AlreadyOpen(r) => write!(f, "relid {r} already open"),
             HostError::OpenPending(r) => write!(f, "relid {r} has an open pending"),
             HostError::NotOpen(r) => write!(f, "relid {r} not open"),
-            HostError::NotRescinded(r) => write!(f, "relid {r} released but not rescinded"),
+            HostError::NotRescinded(r) => write!(f, "relid {r} released while in use and not rescinded"),
             HostError::BadRingOffset { relid, offset, pages } => {
                 write!(f, "relid {relid}: ring offset {offset} invalid in a {pages}-page GPADL")
             }
@@ -585,7 +596,8 @@ impl Channel {
     pub fn is_open(&self) -> bool {
         matches!(self.state, ChannelState::Open(_))
     }
-    /// Whether the offer was sent to the guest on this connection.
+    /// Whether the offer was sent to the guest on this connection (and not
+    /// declined by an early RelidReleased).
     pub fn is_offered(&self) -> bool {
         self.offered
     }
@@ -1415,17 +1427,7 @@ impl Server {
             self.send_gpadl_created(relid, handle, STATUS_INSUFFICIENT_RESOURCES);
             return Err(HostError::GpadlLimit { handle });
         }
-        let first = match self.config.msgnumber_rule {
-            MsgnumberRule::Sequential { first } => first,
-            MsgnumberRule::Ignore => 0,
-        };
-        let mut pending = PendingGpadl {
-            relid,
-            rangecount: m.fixed.rangecount,
-            declared_len,
-            bytes: Vec::new(),
-            next_msgnumber: first,
-        };
+        let mut pending = PendingGpadl::new(relid, m.fixed.rangecount, declared_len, self.config.msgnumber_rule);
         // `parse` guarantees range_bytes is no longer than range_buflen.
         if pending.append(handle, m.range_bytes).is_err() {
             self.send_gpadl_created(relid, handle, STATUS_UNSUCCESSFUL);
@@ -1444,11 +1446,12 @@ impl Server {
         };
         let relid = pending.relid;
         let step = match rule {
-            MsgnumberRule::Sequential { .. } if m.fixed.msgnumber != pending.next_msgnumber => {
-                Err(HostError::GpadlBadMsgnumber { handle, expected: pending.next_msgnumber, got: m.fixed.msgnumber })
+            MsgnumberRule::Ignore => Ok(()),
+            MsgnumberRule::Sequential { .. } | MsgnumberRule::SequentialOrZero { .. } => {
+                pending.check_msgnumber(handle, m.fixed.msgnumber)
             }
-            _ => pending.append(handle, m.pfn_bytes),
-        };
+        }
+        .and_then(|()| pending.append(handle, m.pfn_bytes));
         if let Err(e) = step {
             self.abort_pending(handle);
             self.send_gpadl_created(relid, handle, STATUS_UNSUCCESSFUL);
@@ -1512,7 +1515,21 @@ impl Server {
         let relid = m.child_relid;
         let channel = self.guest_channel(relid).ok_or(HostError::UnknownRelid(relid))?;
         if !channel.rescinded {
-            return Err(HostError::NotRescinded(relid));
+            // A guest that could not take an offer (Linux: the channel
+            // allocation failed) releases its relid at once. Such a channel
+            // is unused: closed, without GPADLs. It stays with its device and
+            // is offered again on the next connection; on this one the guest
+            // does not know it. A channel in use is refused.
+            let in_use = !matches!(channel.state, ChannelState::Closed)
+                || self.gpadls.values().any(|g| g.relid == relid)
+                || self.pending_gpadls.values().any(|p| p.relid == relid);
+            if in_use {
+                return Err(HostError::NotRescinded(relid));
+            }
+            if let Some(c) = self.channels.get_mut(&relid) {
+                c.offered = false;
+            }
+            return Ok(());
         }
         // A guest that releases without closing or tearing down gets its
         // channel closed and its GPADLs dropped here, so nothing leaks.
@@ -1638,7 +1655,9 @@ mod tests {
     }
 
     fn pending(rangecount: u16, bytes: Vec<u8>) -> PendingGpadl {
-        PendingGpadl { relid: 1, rangecount, declared_len: bytes.len(), bytes, next_msgnumber: 1 }
+        let mut p = PendingGpadl::new(1, rangecount, bytes.len(), MsgnumberRule::Sequential { first: 1 });
+        p.bytes = bytes;
+        p
     }
 
     fn range(byte_offset: u32, byte_count: u32, pfns: &[u64]) -> Vec<u8> {
@@ -1669,7 +1688,7 @@ mod tests {
 
     #[test]
     fn append_never_exceeds_the_declared_length() {
-        let mut p = PendingGpadl { relid: 1, rangecount: 1, declared_len: 16, bytes: Vec::new(), next_msgnumber: 1 };
+        let mut p = PendingGpadl::new(1, 1, 16, MsgnumberRule::Sequential { first: 1 });
         p.append(5, &[0; 8]).unwrap();
         assert_eq!(p.append(5, &[0; 16]), Err(HostError::GpadlTooManyPfns { handle: 5 }));
         assert_eq!(p.bytes.len(), 8);
