@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # variables here are used by the scripts that source it
 # Shared helpers for the ci/ scripts. Source it; do not run it.
 # SPDX-License-Identifier: BSD-2-Clause OR GPL-2.0-only
 
