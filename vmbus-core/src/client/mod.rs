@@ -28,7 +28,7 @@
 //!
 //! Posting: each message is posted once through [`Hypervisor::post_message`];
 //! a failure is returned as [`ClientError::Post`]. Retrying transient statuses
-//! is the glue's job (see [`retry`]).
+//! is the glue's job (see [`post_with_retry`] and [`RetryingHypervisor`]).
 //!
 //! Storage: the channel table is a slice of [`ChannelSlot`]s given at
 //! construction ([`Client::with_storage`]) or allocated once
