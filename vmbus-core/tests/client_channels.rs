@@ -355,7 +355,10 @@ fn rescind_mid_gpadl_create() {
         ]
     );
     assert_eq!(h.client.gpadls(4).count(), 0);
-    // A late GpadlCreated is refused.
+    // One late GpadlCreated (it crossed the rescind) is dropped; a second is refused.
+    assert_eq!(h.feed(&gpadl_created(4, handle, 0)), Ok(()));
+    assert!(h.take_events().is_empty());
+    assert_eq!(h.client.counters().late_after_rescind, 1);
     assert_eq!(h.feed(&gpadl_created(4, handle, 0)).unwrap_err().reject_kind(), Some(RejectKind::UnknownGpadl));
     h.client.release_relid(4, &h.hv).unwrap();
     assert_eq!(h.client.counters().cancelled_operations, 1);
@@ -397,6 +400,10 @@ fn rescind_mid_open() {
         h.take_events(),
         vec![ClientEvent::Rescinded { relid: 4 }, ClientEvent::OpenResult { relid: 4, status: OpStatus::Rescinded }]
     );
+    assert_eq!(h.client.channel(4).unwrap().state, ChannelState::Closed);
+    // One late OpenResult (it crossed the rescind) is dropped; a second is refused.
+    assert_eq!(h.feed(&open_result(4, 4, 0)), Ok(()));
+    assert!(h.take_events().is_empty());
     assert_eq!(h.client.channel(4).unwrap().state, ChannelState::Closed);
     assert!(matches!(h.feed(&open_result(4, 4, 0)), Err(ClientError::NoRequestOutstanding { .. })));
     assert_eq!(h.client.teardown_gpadl(4, ring, &h.hv), Ok(TeardownOutcome::CompletedLocally));

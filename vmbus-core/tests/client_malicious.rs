@@ -131,6 +131,14 @@ enum Step {
     Guest(GuestOp),
     /// The correct answer to the n-th pending request, with this status.
     Answer(usize, u32),
+    /// The host's late answer (it crossed the rescind) to the n-th operation
+    /// a rescind completed, with this status.
+    Late(usize, u32),
+    /// The n-th late answer already taken, sent again: refused.
+    LateAgain(usize),
+    /// The host rescinds a channel with operations pending (the n-th such
+    /// relid), so their answers are owed.
+    RescindBusy(usize),
     /// A well-behaved host and guest bring channel `relid` (device `relid`) up:
     /// offer, ring GPADL, open. Stops quietly at the first refusal.
     OpenFlow(u32),
@@ -210,6 +218,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => proptest::collection::vec(any::<u8>(), 0..250).prop_map(Step::Raw),
         8 => guest_op().prop_map(Step::Guest),
         6 => (any::<usize>(), status()).prop_map(|(i, s)| Step::Answer(i, s)),
+        3 => (any::<usize>(), status()).prop_map(|(i, s)| Step::Late(i, s)),
+        1 => any::<usize>().prop_map(Step::LateAgain),
+        2 => any::<usize>().prop_map(Step::RescindBusy),
         2 => (1u32..6).prop_map(Step::OpenFlow),
         1 => (0u8..30).prop_map(|x| if x == 0 { Step::Guest(GuestOp::Unload) } else { Step::Host(HostMsg::AllOffers) }),
     ]
@@ -277,9 +288,74 @@ impl Pending {
             Some(all.swap_remove(k))
         }
     }
+    /// Relids with an operation pending, sorted.
+    fn busy_relids(&self) -> Vec<u32> {
+        let mut r: Vec<u32> = self.creates.iter().chain(&self.teardowns).map(|&(r, _)| r).collect();
+        r.extend(self.opens.iter().chain(&self.modifies));
+        r.sort();
+        r.dedup();
+        r
+    }
     fn is_empty(&self) -> bool {
         self.creates.is_empty() && self.teardowns.is_empty() && self.opens.is_empty() && self.modifies.is_empty()
     }
+}
+
+/// An answer the host still owes for an operation a rescind completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Owed {
+    Open(u32),
+    Create(u32, u32),
+    Teardown(u32, u32),
+    Modify(u32),
+}
+
+impl Owed {
+    fn relid(self) -> u32 {
+        match self {
+            Owed::Open(r) | Owed::Create(r, _) | Owed::Teardown(r, _) | Owed::Modify(r) => r,
+        }
+    }
+    /// The operation a Rescinded completion event stands for.
+    fn from_rescinded(ev: &ClientEvent) -> Option<Owed> {
+        match *ev {
+            ClientEvent::OpenResult { relid, status: OpStatus::Rescinded } => Some(Owed::Open(relid)),
+            ClientEvent::GpadlCreated { relid, handle, status: OpStatus::Rescinded } => {
+                Some(Owed::Create(relid, handle))
+            }
+            ClientEvent::GpadlTornDown { relid, handle, status: OpStatus::Rescinded } => {
+                Some(Owed::Teardown(relid, handle))
+            }
+            ClientEvent::ModifyChannelResponse { relid, status: OpStatus::Rescinded } => Some(Owed::Modify(relid)),
+            _ => None,
+        }
+    }
+    fn answer(self, status: u32) -> Vec<u8> {
+        match self {
+            Owed::Open(r) => open_result(r, r, status),
+            Owed::Create(r, h) => gpadl_created(r, h, status),
+            Owed::Teardown(_, h) => gpadl_torndown(h),
+            Owed::Modify(r) => modify_response(r, status),
+        }
+    }
+    /// Which owed answer `bytes` is, if any (matched as the client must).
+    fn matching(owed: &HashSet<Owed>, bytes: &[u8]) -> Option<Owed> {
+        let m = ChannelMessage::parse(bytes).ok()?;
+        owed.iter().copied().find(|o| match (m, *o) {
+            (ChannelMessage::OpenResult(r), Owed::Open(x)) => r.child_relid == x && r.openid == x,
+            (ChannelMessage::GpadlCreated(g), Owed::Create(x, h)) => g.child_relid == x && g.gpadl == h,
+            (ChannelMessage::GpadlTorndown(g), Owed::Teardown(_, h)) => g.gpadl == h,
+            (ChannelMessage::ModifyChannelResponse(m), Owed::Modify(x)) => m.child_relid == x,
+            _ => false,
+        })
+    }
+}
+
+/// Late answers owed, and those already taken (a second copy must be refused).
+#[derive(Default)]
+struct OwedModel {
+    owed: HashSet<Owed>,
+    taken: Vec<Owed>,
 }
 
 fn nth_gpadl(h: &Harness, r: u32, i: usize) -> u32 {
@@ -291,7 +367,7 @@ fn nth_gpadl(h: &Harness, r: u32, i: usize) -> u32 {
     }
 }
 
-fn run_guest_op(h: &mut Harness, op: &GuestOp, p: &mut Pending) {
+fn run_guest_op(h: &mut Harness, op: &GuestOp, p: &mut Pending, model: &mut OwedModel) {
     let op = match *op {
         GuestOp::OpenKnown(r, i) => GuestOp::Open(r, nth_gpadl(h, r, i)),
         GuestOp::TeardownKnown(r, i) => GuestOp::Teardown(r, nth_gpadl(h, r, i)),
@@ -323,7 +399,11 @@ fn run_guest_op(h: &mut Harness, op: &GuestOp, p: &mut Pending) {
             }
         }
         GuestOp::Release(r) => {
-            let _ = h.client.release_relid(r, &h.hv);
+            if h.client.release_relid(r, &h.hv).is_ok() {
+                // The relid is free: whatever it was owed is forgotten.
+                model.owed.retain(|o| o.relid() != r);
+                model.taken.retain(|o| o.relid() != r);
+            }
         }
         GuestOp::Unload => {
             let _ = h.client.unload(&h.hv);
@@ -357,32 +437,79 @@ proptest! {
     fn random_sequences_keep_the_client_consistent(steps in proptest::collection::vec(step(), 1..120)) {
         let mut h = Harness::connected_at(Version::WIN10_V5_3);
         let mut pending = Pending::default();
+        // Answers the host still owes for operations a rescind completed.
+        let mut model = OwedModel::default();
         for s in &steps {
             let before = *h.client.counters();
+            // The message fed this step, if any.
+            let mut fed: Vec<u8> = Vec::new();
             let r = match s {
-                Step::Host(m) => Some(h.feed(&encode(m))),
+                Step::Host(m) => {
+                    fed = encode(m);
+                    Some(h.feed(&fed))
+                }
                 Step::Garbled(m, i, b) => {
-                    let mut bytes = encode(m);
-                    let n = bytes.len();
-                    bytes[i % n] ^= b | 1;
-                    Some(h.feed(&bytes))
+                    fed = encode(m);
+                    let n = fed.len();
+                    fed[i % n] ^= b | 1;
+                    Some(h.feed(&fed))
                 }
                 Step::Truncated(m, n) => {
                     let bytes = encode(m);
                     let n = n % (bytes.len() + 1);
-                    Some(h.feed(&bytes[..n]))
+                    fed = bytes[..n].to_vec();
+                    Some(h.feed(&fed))
                 }
-                Step::Raw(bytes) => Some(h.feed(bytes)),
+                Step::Raw(bytes) => {
+                    fed = bytes.clone();
+                    Some(h.feed(bytes))
+                }
                 Step::Answer(n, status) => match pending.answer(*n, *status) {
                     Some(bytes) => {
                         let r = h.feed(&bytes);
                         prop_assert!(r.is_ok(), "a correct answer was refused: {:?}", r);
+                        fed = bytes;
+                        Some(r)
+                    }
+                    None => None,
+                },
+                Step::Late(n, status) => {
+                    let mut all: Vec<Owed> = model.owed.iter().copied().collect();
+                    all.sort();
+                    match all.get(n % all.len().max(1)) {
+                        Some(o) => {
+                            fed = o.answer(*status);
+                            let r = h.feed(&fed);
+                            prop_assert!(r.is_ok(), "an owed late answer {:?} was refused: {:?}", o, r);
+                            prop_assert!(h.events.is_empty(), "a late answer yielded events");
+                            Some(r)
+                        }
+                        None => None,
+                    }
+                }
+                Step::RescindBusy(n) => {
+                    let busy = pending.busy_relids();
+                    match busy.get(n % busy.len().max(1)) {
+                        Some(&r) => {
+                            fed = rescind(r);
+                            let r = h.feed(&fed);
+                            prop_assert!(r.is_ok(), "rescind of a busy channel refused: {:?}", r);
+                            Some(r)
+                        }
+                        None => None,
+                    }
+                }
+                Step::LateAgain(n) => match model.taken.get(n % model.taken.len().max(1)) {
+                    Some(o) => {
+                        fed = o.answer(0);
+                        let r = h.feed(&fed);
+                        prop_assert!(r.is_err(), "a late answer {:?} was taken twice", o);
                         Some(r)
                     }
                     None => None,
                 },
                 Step::Guest(op) => {
-                    run_guest_op(&mut h, op, &mut pending);
+                    run_guest_op(&mut h, op, &mut pending, &mut model);
                     None
                 }
                 Step::OpenFlow(r) => {
@@ -390,10 +517,27 @@ proptest! {
                     None
                 }
             };
+            // A late answer is accepted once for each owed one, never otherwise.
+            let c = *h.client.counters();
+            if c.late_after_rescind != before.late_after_rescind {
+                prop_assert_eq!(c.late_after_rescind, before.late_after_rescind + 1);
+                prop_assert!(matches!(r, Some(Ok(()))));
+                let o = Owed::matching(&model.owed, &fed);
+                prop_assert!(o.is_some(), "a late answer that was not owed was accepted: {:02x?}", fed);
+                let o = o.unwrap();
+                model.owed.remove(&o);
+                model.taken.push(o);
+                prop_assert!(h.events.is_empty(), "a late answer yielded events");
+            }
             for ev in h.take_events() {
                 pending.apply(&ev)?;
+                if let Some(o) = Owed::from_rescinded(&ev) {
+                    prop_assert!(model.owed.insert(o), "{:?} owed twice", o);
+                }
+                if ev == ClientEvent::UnloadComplete {
+                    model = OwedModel::default();
+                }
             }
-            let c = *h.client.counters();
             prop_assert_eq!(c.messages, c.handled + c.rejected_total());
             if let Some(r) = r {
                 prop_assert_eq!(c.messages, before.messages + 1);

@@ -20,11 +20,15 @@
 //! (relid, openid = relid), GpadlTorndown by a handle being torn down,
 //! ModifyChannelResponse by a pending modify (5.3 and later). A rescind
 //! completes every pending operation of the channel with
-//! [`OpStatus::Rescinded`], so no wait hangs forever.
+//! [`OpStatus::Rescinded`], so no wait hangs forever. The host's answer to
+//! such an operation may cross the rescind in flight: until the relid is
+//! released, exactly one late answer per cancelled operation is accepted and
+//! dropped with no event (counted in [`ClientCounters::late_after_rescind`]);
+//! a second one, or one for an operation that was not pending, is rejected.
 //!
 //! Posting: each message is posted once through [`Hypervisor::post_message`];
 //! a failure is returned as [`ClientError::Post`]. Retrying transient statuses
-//! is the glue's job (see [`retry`]).
+//! is the glue's job (see [`post_with_retry`] and [`RetryingHypervisor`]).
 //!
 //! Storage: the channel table is a slice of [`ChannelSlot`]s given at
 //! construction ([`Client::with_storage`]) or allocated once
@@ -161,18 +165,91 @@ pub struct ChannelInfo {
     pub modify_pending: bool,
 }
 
+/// The answers the host still owes for operations a rescind completed
+/// locally. The host's answer may already be in flight when its rescind
+/// arrives (the messages cross), so exactly one late answer per cancelled
+/// operation is accepted and dropped (counted in
+/// [`ClientCounters::late_after_rescind`]); anything more stays a violation.
+/// Fixed size: a rescinded channel can start no new operation, so the GPADL
+/// handles fit the slots the cancelled records occupied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct OwedAnswers {
+    /// [`OWED_OPEN_RESULT`] and [`OWED_MODIFY_RESPONSE`] bits.
+    flags: u8,
+    /// Handle `k` (0 = none: 0 is never a GPADL handle) is a GPADL whose
+    /// create or teardown the rescind cancelled; kept at the index of the
+    /// record it came from.
+    gpadl_handles: [u32; MAX_GPADLS_PER_CHANNEL],
+    /// Bit `k`: `gpadl_handles[k]` is owed a GpadlCreated (clear: a GpadlTorndown).
+    gpadl_creating: u8,
+}
+
+/// An OpenResult is owed.
+const OWED_OPEN_RESULT: u8 = 1 << 0;
+/// A ModifyChannelResponse is owed.
+const OWED_MODIFY_RESPONSE: u8 = 1 << 1;
+
+// `OwedAnswers::gpadl_creating` has one bit per GPADL slot.
+const _: () = assert!(MAX_GPADLS_PER_CHANNEL <= u8::BITS as usize);
+
+impl OwedAnswers {
+    const NONE: OwedAnswers = OwedAnswers { flags: 0, gpadl_handles: [0; MAX_GPADLS_PER_CHANNEL], gpadl_creating: 0 };
+
+    fn is_empty(&self) -> bool {
+        *self == Self::NONE
+    }
+    /// Takes the owed flag `bit`; false if it was not owed.
+    fn take_flag(&mut self, bit: u8) -> bool {
+        let owed = self.flags & bit != 0;
+        self.flags &= !bit;
+        owed
+    }
+    /// Index of the owed GPADL answer for `handle` (`creating`: GpadlCreated, else GpadlTorndown).
+    fn gpadl(&self, handle: u32, creating: bool) -> Option<usize> {
+        if handle == 0 {
+            return None;
+        }
+        (0..MAX_GPADLS_PER_CHANNEL)
+            .find(|&k| self.gpadl_handles.get(k) == Some(&handle) && (self.gpadl_creating & (1 << k) != 0) == creating)
+    }
+    fn remember_gpadl(&mut self, k: usize, handle: u32, creating: bool) {
+        if let Some(h) = self.gpadl_handles.get_mut(k) {
+            *h = handle;
+            if creating {
+                self.gpadl_creating |= 1 << k;
+            } else {
+                self.gpadl_creating &= !(1 << k);
+            }
+        }
+    }
+    fn take_gpadl(&mut self, k: usize) {
+        if let Some(h) = self.gpadl_handles.get_mut(k) {
+            *h = 0;
+            self.gpadl_creating &= !(1 << k);
+        }
+    }
+    fn handles(&self) -> impl Iterator<Item = u32> + '_ {
+        self.gpadl_handles.iter().copied().filter(|&h| h != 0)
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct ChannelEntry {
     info: ChannelInfo,
     gpadls: [Option<GpadlRecord>; MAX_GPADLS_PER_CHANNEL],
+    /// Late answers still owed after a rescind (empty while not rescinded).
+    owed: OwedAnswers,
 }
 
 impl ChannelEntry {
     fn gpadl(&self, handle: u32, state: GpadlState) -> Option<usize> {
         self.gpadls.iter().position(|g| *g == Some(GpadlRecord { handle, state }))
     }
+    /// Whether `handle` is in use here: a GPADL record, or a handle whose
+    /// late answer is still owed (so it is not handed out again meanwhile and
+    /// a GpadlTorndown, matched by handle alone, stays unambiguous).
     fn has_handle(&self, handle: u32) -> bool {
-        self.gpadls.iter().flatten().any(|g| g.handle == handle)
+        self.gpadls.iter().flatten().any(|g| g.handle == handle) || self.owed.handles().any(|h| h == handle)
     }
 }
 
@@ -242,6 +319,10 @@ pub enum InvariantViolation {
     ChannelsWhileDisconnected,
     /// A ModifyChannel is pending on a channel that is not open.
     ModifyWhileNotOpen(u32),
+    /// Late answers are recorded as owed on a channel that was not rescinded,
+    /// or an owed OpenResult on a channel that is not closed, or a creating
+    /// bit without a handle.
+    BadOwedAnswers(u32),
 }
 
 /// The guest side of the VMBus control protocol. `S` is the channel table's
@@ -580,12 +661,21 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
             ChannelMessage::OpenResult(r) => {
                 let i = self.host_entry(t, r.child_relid)?;
                 let e = self.entry_mut(i).ok_or(ClientError::UnknownRelid { msgtype: t, relid: r.child_relid })?;
-                let ChannelState::Opening { ring_gpadl } = e.info.state else {
-                    return Err(ClientError::NoRequestOutstanding { msgtype: t, relid: r.child_relid });
-                };
                 // Like Linux, the openid is the relid.
+                let bad_openid = ClientError::BadOpenId { relid: r.child_relid, openid: r.openid };
+                let ChannelState::Opening { ring_gpadl } = e.info.state else {
+                    if e.owed.flags & OWED_OPEN_RESULT == 0 {
+                        return Err(ClientError::NoRequestOutstanding { msgtype: t, relid: r.child_relid });
+                    }
+                    if r.openid != r.child_relid {
+                        return Err(bad_openid);
+                    }
+                    e.owed.take_flag(OWED_OPEN_RESULT);
+                    self.counters.late_after_rescind += 1;
+                    return Ok(());
+                };
                 if r.openid != r.child_relid {
-                    return Err(ClientError::BadOpenId { relid: r.child_relid, openid: r.openid });
+                    return Err(bad_openid);
                 }
                 let status = OpStatus::from_host(r.status);
                 e.info.state =
@@ -596,9 +686,14 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
             ChannelMessage::GpadlCreated(g) => {
                 let i = self.host_entry(t, g.child_relid)?;
                 let e = self.entry_mut(i).ok_or(ClientError::UnknownRelid { msgtype: t, relid: g.child_relid })?;
-                let k = e
-                    .gpadl(g.gpadl, GpadlState::Creating)
-                    .ok_or(ClientError::UnknownGpadl { msgtype: t, handle: g.gpadl })?;
+                let unknown = ClientError::UnknownGpadl { msgtype: t, handle: g.gpadl };
+                let Some(k) = e.gpadl(g.gpadl, GpadlState::Creating) else {
+                    // The rescind completed this create; its answer crossed.
+                    let k = e.owed.gpadl(g.gpadl, true).ok_or(unknown)?;
+                    e.owed.take_gpadl(k);
+                    self.counters.late_after_rescind += 1;
+                    return Ok(());
+                };
                 let status = OpStatus::from_host(g.creation_status);
                 if let Some(rec) = e.gpadls.get_mut(k) {
                     *rec = if status.is_success() {
@@ -617,7 +712,18 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                     Some((e.info.relid, e.gpadls.get_mut(k)?))
                 });
                 let Some((relid, rec)) = found else {
-                    return Err(ClientError::UnknownGpadl { msgtype: t, handle: g.gpadl });
+                    // A teardown the rescind completed locally; its answer crossed.
+                    let owed = self.channels.as_mut().iter_mut().find_map(|s| {
+                        let e = s.0.as_mut()?;
+                        let k = e.owed.gpadl(g.gpadl, false)?;
+                        e.owed.take_gpadl(k);
+                        Some(())
+                    });
+                    if owed.is_none() {
+                        return Err(ClientError::UnknownGpadl { msgtype: t, handle: g.gpadl });
+                    }
+                    self.counters.late_after_rescind += 1;
+                    return Ok(());
                 };
                 *rec = None;
                 events(ClientEvent::GpadlTornDown { relid, handle: g.gpadl, status: OpStatus::Success });
@@ -627,7 +733,12 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                 let i = self.host_entry(t, m.child_relid)?;
                 let e = self.entry_mut(i).ok_or(ClientError::UnknownRelid { msgtype: t, relid: m.child_relid })?;
                 if !e.info.modify_pending {
-                    return Err(ClientError::NoRequestOutstanding { msgtype: t, relid: m.child_relid });
+                    // A modify the rescind completed; its answer crossed.
+                    if !e.owed.take_flag(OWED_MODIFY_RESPONSE) {
+                        return Err(ClientError::NoRequestOutstanding { msgtype: t, relid: m.child_relid });
+                    }
+                    self.counters.late_after_rescind += 1;
+                    return Ok(());
                 }
                 e.info.modify_pending = false;
                 events(ClientEvent::ModifyChannelResponse {
@@ -710,6 +821,7 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                 modify_pending: false,
             },
             gpadls: [None; MAX_GPADLS_PER_CHANNEL],
+            owed: OwedAnswers::NONE,
         }));
         self.counters.offers += 1;
         if primary_relid.is_some() {
@@ -719,34 +831,45 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
         Ok(())
     }
 
-    /// Completes every pending operation of entry `i` with `status`.
-    fn cancel_pending(&mut self, i: usize, status: OpStatus, events: &mut impl FnMut(ClientEvent)) {
+    /// Completes every pending operation of entry `i` with `status`. With
+    /// `owe_answers` (a rescind) the host's answers to them are remembered
+    /// as still owed, so a late one that crossed the rescind is not taken for
+    /// a protocol violation.
+    fn cancel_pending(&mut self, i: usize, status: OpStatus, owe_answers: bool, events: &mut impl FnMut(ClientEvent)) {
         let mut cancelled = 0;
         if let Some(e) = self.entry_mut(i) {
             let relid = e.info.relid;
             if let ChannelState::Opening { .. } = e.info.state {
                 e.info.state = ChannelState::Closed;
                 cancelled += 1;
+                if owe_answers {
+                    e.owed.flags |= OWED_OPEN_RESULT;
+                }
                 events(ClientEvent::OpenResult { relid, status });
             }
-            for rec in e.gpadls.iter_mut() {
-                match *rec {
-                    Some(GpadlRecord { handle, state: GpadlState::Creating }) => {
-                        *rec = None;
-                        cancelled += 1;
-                        events(ClientEvent::GpadlCreated { relid, handle, status });
-                    }
-                    Some(GpadlRecord { handle, state: GpadlState::TearingDown }) => {
-                        *rec = None;
-                        cancelled += 1;
-                        events(ClientEvent::GpadlTornDown { relid, handle, status });
-                    }
-                    _ => {}
+            for (k, rec) in e.gpadls.iter_mut().enumerate() {
+                let (handle, creating) = match *rec {
+                    Some(GpadlRecord { handle, state: GpadlState::Creating }) => (handle, true),
+                    Some(GpadlRecord { handle, state: GpadlState::TearingDown }) => (handle, false),
+                    _ => continue,
+                };
+                *rec = None;
+                cancelled += 1;
+                if owe_answers {
+                    e.owed.remember_gpadl(k, handle, creating);
                 }
+                events(if creating {
+                    ClientEvent::GpadlCreated { relid, handle, status }
+                } else {
+                    ClientEvent::GpadlTornDown { relid, handle, status }
+                });
             }
             if e.info.modify_pending {
                 e.info.modify_pending = false;
                 cancelled += 1;
+                if owe_answers {
+                    e.owed.flags |= OWED_MODIFY_RESPONSE;
+                }
                 events(ClientEvent::ModifyChannelResponse { relid, status });
             }
         }
@@ -763,7 +886,7 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
         e.info.rescinded = true;
         self.counters.rescinds += 1;
         events(ClientEvent::Rescinded { relid });
-        self.cancel_pending(i, OpStatus::Rescinded, events);
+        self.cancel_pending(i, OpStatus::Rescinded, true, events);
         Ok(())
     }
 
@@ -774,7 +897,7 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
             return;
         }
         for i in 0..self.channels.as_ref().len() {
-            self.cancel_pending(i, OpStatus::Unloaded, events);
+            self.cancel_pending(i, OpStatus::Unloaded, false, events);
         }
         self.clear_table();
         self.state = ConnectionState::Unloaded;
@@ -1018,8 +1141,9 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                 if other.info.relid == relid {
                     return Err(InvariantViolation::DuplicateRelid(relid));
                 }
-                if let Some(g) = e.gpadls.iter().flatten().find(|g| other.has_handle(g.handle)) {
-                    return Err(InvariantViolation::BadGpadlHandle(g.handle));
+                let mut handles = e.gpadls.iter().flatten().map(|g| g.handle).chain(e.owed.handles());
+                if let Some(h) = handles.find(|&h| other.has_handle(h)) {
+                    return Err(InvariantViolation::BadGpadlHandle(h));
                 }
             }
             for (k, g) in e.gpadls.iter().enumerate() {
@@ -1043,6 +1167,26 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                     return Err(InvariantViolation::RingGpadlMissing(relid));
                 }
             }
+            let owed = &e.owed;
+            let open_owed_while_not_closed = owed.flags & OWED_OPEN_RESULT != 0 && e.info.state != ChannelState::Closed;
+            let creating_without_handle =
+                owed.gpadl_handles.iter().enumerate().any(|(k, &h)| h == 0 && owed.gpadl_creating & (1 << k) != 0);
+            let unknown_flags = owed.flags & !(OWED_OPEN_RESULT | OWED_MODIFY_RESPONSE) != 0;
+            if (!e.info.rescinded && !owed.is_empty())
+                || open_owed_while_not_closed
+                || creating_without_handle
+                || unknown_flags
+            {
+                return Err(InvariantViolation::BadOwedAnswers(relid));
+            }
+            // Owed handles are unique, within the channel and against its records.
+            for (k, h) in owed.gpadl_handles.iter().enumerate().filter(|(_, &h)| h != 0) {
+                let dup = owed.gpadl_handles.iter().skip(k + 1).any(|o| o == h)
+                    || e.gpadls.iter().flatten().any(|g| g.handle == *h);
+                if dup {
+                    return Err(InvariantViolation::BadGpadlHandle(*h));
+                }
+            }
         }
         Ok(())
     }
@@ -1062,5 +1206,75 @@ mod tests {
         assert_eq!(Client::new(c).channels.len(), 1);
         assert_eq!(client.state(), ConnectionState::Idle);
         assert_eq!(client.check_invariants(), Ok(()));
+    }
+
+    fn with_channel(rescinded: bool, owed: OwedAnswers) -> Client<[ChannelSlot; 2]> {
+        let mut client = Client::with_storage(ClientConfig::new(0, 0, (0, 0)), [ChannelSlot::EMPTY; 2]);
+        client.state = ConnectionState::Connected;
+        client.version = Some(Version::WIN10_V5_3);
+        let info = ChannelInfo {
+            relid: 3,
+            if_type: Guid::ZERO,
+            if_instance: Guid::ZERO,
+            sub_channel_index: 0,
+            primary_relid: None,
+            connection_id: 0,
+            monitor_id: None,
+            flags: OfferFlags::empty(),
+            dedicated_interrupt: false,
+            state: ChannelState::Closed,
+            rescinded,
+            modify_pending: false,
+        };
+        client.channels[0] = ChannelSlot(Some(ChannelEntry { info, gpadls: [None; MAX_GPADLS_PER_CHANNEL], owed }));
+        client
+    }
+
+    #[test]
+    fn invariants_cover_owed_answers() {
+        let mut owed = OwedAnswers::NONE;
+        owed.flags = OWED_OPEN_RESULT | OWED_MODIFY_RESPONSE;
+        owed.remember_gpadl(2, 0x55, true);
+        owed.remember_gpadl(5, 0x56, false);
+        assert_eq!(with_channel(true, owed).check_invariants(), Ok(()));
+        // Owed answers on a live channel.
+        assert_eq!(with_channel(false, owed).check_invariants(), Err(InvariantViolation::BadOwedAnswers(3)));
+        // A creating bit with no handle; an unknown flag.
+        let mut bad = owed;
+        bad.gpadl_creating |= 1 << 0;
+        assert_eq!(with_channel(true, bad).check_invariants(), Err(InvariantViolation::BadOwedAnswers(3)));
+        let mut bad = owed;
+        bad.flags |= 0x80;
+        assert_eq!(with_channel(true, bad).check_invariants(), Err(InvariantViolation::BadOwedAnswers(3)));
+        // An owed OpenResult while the channel is not closed.
+        let mut c = with_channel(true, owed);
+        c.channels[0].0.as_mut().unwrap().gpadls[0] = Some(GpadlRecord { handle: 9, state: GpadlState::Created });
+        c.channels[0].0.as_mut().unwrap().info.state = ChannelState::Open { ring_gpadl: 9 };
+        assert_eq!(c.check_invariants(), Err(InvariantViolation::BadOwedAnswers(3)));
+        // An owed handle twice, or also held as a record.
+        let mut bad = owed;
+        bad.remember_gpadl(6, 0x55, false);
+        assert_eq!(with_channel(true, bad).check_invariants(), Err(InvariantViolation::BadGpadlHandle(0x55)));
+        let mut c = with_channel(true, owed);
+        c.channels[0].0.as_mut().unwrap().gpadls[0] = Some(GpadlRecord { handle: 0x56, state: GpadlState::Created });
+        assert_eq!(c.check_invariants(), Err(InvariantViolation::BadGpadlHandle(0x56)));
+        // An owed handle held by another channel.
+        let mut c = with_channel(true, owed);
+        let mut other = c.channels[0].0.unwrap();
+        other.info.relid = 4;
+        other.info.rescinded = false;
+        other.owed = OwedAnswers::NONE;
+        other.gpadls[0] = Some(GpadlRecord { handle: 0x56, state: GpadlState::Created });
+        c.channels[1] = ChannelSlot(Some(other));
+        assert_eq!(c.check_invariants(), Err(InvariantViolation::BadGpadlHandle(0x56)));
+        // Taking an answer clears its handle and bit.
+        let mut o = owed;
+        assert_eq!(o.gpadl(0x55, false), None);
+        let k = o.gpadl(0x55, true).unwrap();
+        o.take_gpadl(k);
+        assert_eq!((o.gpadl(0x55, true), o.gpadl_creating), (None, 0));
+        assert_eq!(o.gpadl(0, false), None, "0 is never an owed handle");
+        assert!(o.take_flag(OWED_OPEN_RESULT));
+        assert!(!o.take_flag(OWED_OPEN_RESULT));
     }
 }

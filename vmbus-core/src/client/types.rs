@@ -480,6 +480,11 @@ pub struct ClientCounters {
     pub rescinds: u64,
     /// Pending operations completed by a rescind or unload.
     pub cancelled_operations: u64,
+    /// Late host answers (OpenResult, GpadlCreated, GpadlTorndown,
+    /// ModifyChannelResponse) to an operation a rescind had already
+    /// completed: the messages crossed. Accepted and dropped with no event,
+    /// at most one per cancelled operation; not a violation.
+    pub late_after_rescind: u64,
     /// Versions the host refused.
     pub version_refusals: u64,
     /// UnloadResponse with no Unload outstanding (tolerated, like Linux).
