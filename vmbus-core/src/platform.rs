@@ -94,3 +94,15 @@ pub trait Hypervisor {
     /// `connection_id`.
     fn signal_event(&self, connection_id: u32) -> HvStatus;
 }
+
+/// A shared reference to a hypervisor is a hypervisor, so adapters such as
+/// `client::RetryingHypervisor` can wrap a borrowed one.
+impl<T: Hypervisor + ?Sized> Hypervisor for &T {
+    fn post_message(&self, connection_id: u32, message: &[u8]) -> HvStatus {
+        (**self).post_message(connection_id, message)
+    }
+
+    fn signal_event(&self, connection_id: u32) -> HvStatus {
+        (**self).signal_event(connection_id)
+    }
+}
