@@ -852,6 +852,10 @@ impl Server {
     pub fn set_auto_accept_open(&mut self, on: bool) {
         self.config.auto_accept_open = on;
     }
+    /// Switches how guest messages that crossed a rescind are treated.
+    pub fn set_rescind_crossings(&mut self, mode: RescindCrossings) {
+        self.config.rescind_crossings = mode;
+    }
     /// The fault switches.
     pub fn faults(&self) -> &HostFaults {
         &self.faults
