@@ -401,7 +401,8 @@ pub enum HostError {
     },
     /// No channel with that relid.
     UnknownRelid(u32),
-    /// The channel was rescinded.
+    /// The channel was rescinded and the message crossed the rescind
+    /// (only under [`RescindCrossings::Refuse`]; see there).
     Rescinded(u32),
     /// OpenChannel for a channel already open.
     AlreadyOpen(u32),
