@@ -6,7 +6,9 @@
 mod support;
 
 use support::*;
-use vmbus_core::host::{ChannelState, HostApiError, HostError, OfferSpec, ServerEvent, STATUS_UNSUCCESSFUL};
+use vmbus_core::host::{
+    ChannelState, HostApiError, HostError, OfferSpec, RescindCrossings, ServerEvent, STATUS_UNSUCCESSFUL,
+};
 use vmbus_core::message::{ChannelMessage, MessageType, OfferFlags};
 use vmbus_core::version::Version;
 
@@ -211,7 +213,8 @@ fn guest_may_decline_an_unused_offer_with_relid_released() {
 
 #[test]
 fn rescind_before_open_refuses_open_and_gpadl() {
-    let mut s = server();
+    // Under the strict mode; host_rescind_crossings.rs has the tolerant one.
+    let mut s = server_with(|c| c.rescind_crossings = RescindCrossings::Refuse);
     connect_and_request(&mut s);
     let r = offer(&mut s, 1);
     drain(&mut s);
@@ -264,7 +267,7 @@ fn rescind_while_open_pending_cancels_the_open() {
 
 #[test]
 fn rescind_while_open_then_guest_close_teardown_release() {
-    let mut s = server();
+    let mut s = server_with(|c| c.rescind_crossings = RescindCrossings::Refuse);
     connect_and_request(&mut s);
     let (r, h) = open_channel(&mut s, 1, 0x30);
     s.rescind(r).unwrap();

@@ -9,7 +9,7 @@ mod support;
 
 use proptest::prelude::*;
 use support::*;
-use vmbus_core::host::{ChannelState, OfferSpec, ReplyKinds, Server, ALL_VERSIONS};
+use vmbus_core::host::{ChannelState, HostError, OfferSpec, ReplyKinds, RescindCrossings, Server, ALL_VERSIONS};
 use vmbus_core::message::{ChannelMessage, InitiateContact};
 use vmbus_core::version::Version;
 
@@ -153,6 +153,10 @@ fn guest_conn(s: &Server, g: &Guest) -> u32 {
 
 fn check_invariants(s: &Server) {
     assert!(s.outgoing_len() <= OUTBOX);
+    assert!(s.crossed_gpadl_count() <= s.config().max_pending_gpadls, "crossed headers unbounded");
+    if s.connection().is_none() {
+        assert_eq!(s.crossed_gpadl_count(), 0);
+    }
     assert!(s.event_len() <= EVENTS);
     let established: usize = s.gpadls().map(|g| g.page_count()).sum();
     assert!(s.gpadl_page_total() >= established);
@@ -191,6 +195,32 @@ fn check_invariants(s: &Server) {
     }
 }
 
+/// Posts one guest message and checks how it was classified: a refusal is
+/// counted once in `rejected`, a tolerated crossing once in
+/// `crossed_rescind` (and is a success), never both; with crossings
+/// tolerated no message is refused for naming a rescinded channel.
+fn post_checked(s: &mut Server, connection_id: u32, bytes: &[u8]) {
+    let before = s.counters().clone();
+    let tolerate = s.config().rescind_crossings == RescindCrossings::Tolerate;
+    let result = s.handle_guest_message(connection_id, bytes);
+    let after = s.counters();
+    let rejected = after.total_rejected() - before.total_rejected();
+    let crossed = after.total_crossed_rescind() - before.total_crossed_rescind();
+    assert!(rejected + crossed <= 1, "{result:?}: rejected {rejected}, crossed {crossed}");
+    match result {
+        // Silent and unparseable-header messages may escape the per-type counts.
+        Err(HostError::Silent) => assert_eq!(rejected + crossed, 0),
+        Err(e) => {
+            assert_eq!(crossed, 0, "{e}");
+            assert!(!(tolerate && matches!(e, HostError::Rescinded(_))), "crossing refused: {e}");
+        }
+        Ok(()) => assert_eq!(rejected, 0),
+    }
+    if !tolerate {
+        assert_eq!(after.total_crossed_rescind(), 0);
+    }
+}
+
 fn drain_checked(s: &mut Server) {
     while let Some(m) = s.pop_outgoing() {
         ChannelMessage::parse(m.as_bytes()).expect("server emitted an unparseable message");
@@ -205,6 +235,7 @@ proptest! {
     fn random_sequences_keep_invariants(
         start in proptest::option::weighted(0.8, 2..ALL_VERSIONS.len()),
         ops in proptest::collection::vec(op(), 1..120),
+        tolerate in any::<bool>(),
     ) {
         let mut s = server_with(|c| {
             c.outbox_capacity = OUTBOX;
@@ -214,6 +245,7 @@ proptest! {
             c.max_gpadls = 8;
             c.max_pending_gpadls = 3;
             c.max_relid = 12;
+            c.rescind_crossings = if tolerate { RescindCrossings::Tolerate } else { RescindCrossings::Refuse };
         });
         // Most runs start from a connected guest with two offers and a
         // ring-sized GPADL, so the random steps reach open channels.
@@ -233,7 +265,7 @@ proptest! {
                 Op::Guest(g) => {
                     for m in encode(&g) {
                         let c = guest_conn(&s, &g);
-                        let _ = s.handle_guest_message(c, &m);
+                        post_checked(&mut s, c, &m);
                     }
                 }
                 Op::Garbled { msg, at, xor } => {
@@ -241,22 +273,22 @@ proptest! {
                         let i = at % m.len();
                         m[i] ^= xor;
                         let c = guest_conn(&s, &msg);
-                        let _ = s.handle_guest_message(c, &m);
+                        post_checked(&mut s, c, &m);
                     }
                 }
                 Op::Truncated { msg, keep } => {
                     for m in encode(&msg) {
                         let c = guest_conn(&s, &msg);
-                        let _ = s.handle_guest_message(c, &m[..keep.min(m.len())]);
+                        post_checked(&mut s, c, &m[..keep.min(m.len())]);
                     }
                 }
                 Op::Raw(bytes) => {
                     let c = conn(&s);
-                    let _ = s.handle_guest_message(c, &bytes);
+                    post_checked(&mut s, c, &bytes);
                 }
                 Op::OnConnection { msg, connection_id } => {
                     for m in encode(&msg) {
-                        let _ = s.handle_guest_message(connection_id, &m);
+                        post_checked(&mut s, connection_id, &m);
                     }
                 }
                 Op::AddOffer(n) => {
@@ -296,6 +328,7 @@ proptest! {
         prop_assert_eq!(s.gpadls().count(), 0);
         prop_assert_eq!(s.pending_gpadl_count(), 0);
         prop_assert_eq!(s.gpadl_page_total(), 0);
+        prop_assert_eq!(s.crossed_gpadl_count(), 0);
         prop_assert!(s.relids().all(|r| !s.channel(r).unwrap().is_rescinded()));
         prop_assert!(s.relids().all(|r| s.channel(r).unwrap().offer().sub_channel_index == 0));
     }

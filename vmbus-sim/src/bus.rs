@@ -26,7 +26,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use vmbus_core::guid::Guid;
-use vmbus_core::host::{OfferSpec, Server, ServerConfig, ServerEvent, STATUS_UNSUCCESSFUL};
+use vmbus_core::host::{OfferSpec, RescindCrossings, Server, ServerConfig, ServerEvent, STATUS_UNSUCCESSFUL};
 use vmbus_core::hv::{MESSAGE_CONNECTION_ID, MESSAGE_CONNECTION_ID_4};
 use vmbus_core::message::{ChannelMessage, MessageType, OutgoingMessage};
 use vmbus_core::packet::{inband_header, PacketType};
@@ -99,6 +99,14 @@ pub struct BusStats {
     pub ring_corruptions: u64,
     /// Malformed packets from the guest that the host skipped.
     pub bad_guest_packets: u64,
+    /// Guest messages that crossed a rescind, answered or swallowed by the
+    /// server (not counted in `messages_rejected`).
+    pub messages_crossed_rescind: u64,
+    /// Read passes over guest rings: each ends with one reader commit.
+    pub read_batches: u64,
+    /// Times the host, unmasking interrupts after draining a guest ring,
+    /// found packets that arrived while the mask was set, and drained again.
+    pub mask_rechecks: u64,
 }
 
 /// Why the host stopped servicing a channel.
@@ -117,6 +125,17 @@ pub enum InjectError {
     NoChannel(u32),
     /// The ring refused the bytes.
     Write(WriteError),
+}
+
+/// Why a read batch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// The ring is empty (as far as this batch saw).
+    Empty,
+    /// [`DEVICE_BUDGET`] packets were read in this run.
+    Budget,
+    /// The guest's inbound ring is full: replies wait, reading stops.
+    Backpressure,
 }
 
 /// A host channel whose rings are mapped.
@@ -244,9 +263,15 @@ const EVENT_LOG_LIMIT: usize = 4096;
 impl Bus {
     /// A host with `config`; registers the message ports the configuration
     /// implies with the hypervisor (1, and 4 if any version is 5.0 or later).
+    ///
+    /// Like Hyper-V, the simulated host tolerates guest messages that
+    /// crossed its rescind in flight: the server is switched to
+    /// [`RescindCrossings::Tolerate`] whatever `config` says (switch back
+    /// with `server_mut().set_rescind_crossings`).
     pub fn new(config: ServerConfig, hv: &Hypercalls, mem: &GuestMemory) -> Option<Bus> {
         let modern = config.versions.iter().any(|v| v.uses_msg_sint());
-        let server = Server::new(config).ok()?;
+        let mut server = Server::new(config).ok()?;
+        server.set_rescind_crossings(RescindCrossings::Tolerate);
         hv.add_message_port(MESSAGE_CONNECTION_ID);
         if modern {
             hv.add_message_port(MESSAGE_CONNECTION_ID_4);
@@ -450,9 +475,11 @@ impl Bus {
             worked = true;
             self.record(Direction::ToHost, m.bytes());
             self.stats.messages_in += 1;
+            let crossed_before = self.server.counters().total_crossed_rescind();
             if self.server.handle_guest_message(m.connection_id, m.bytes()).is_err() {
                 self.stats.messages_rejected += 1;
             }
+            self.stats.messages_crossed_rescind += self.server.counters().total_crossed_rescind() - crossed_before;
         }
         if self.silent {
             hv.take_signals();
@@ -642,6 +669,19 @@ impl Bus {
 
     /// Services one channel: writes backlog, reads up to [`DEVICE_BUDGET`]
     /// packets, writes replies. Returns whether it should run again.
+    ///
+    /// The host reads like a real consumer: it sets the guest-to-host
+    /// ring's interrupt mask before draining, so the guest's writer does not
+    /// signal while the host is busy; commits its read position once per
+    /// batch (the commit reports whether the guest asked for space with
+    /// pending_send_sz, which becomes an event interrupt); and clears the
+    /// mask only when a pass finds the ring empty or the guest's inbound
+    /// ring is full. A pass that read packets (or spent the budget) keeps
+    /// the mask set and the channel runnable: the host polls once more on
+    /// the next step, as a busy host does, and the guest's writes meanwhile
+    /// need no signal. Clearing the mask re-checks the write index: a packet
+    /// that arrived while the mask was set (its writer skipped the signal)
+    /// is drained at once, so no wake-up is lost.
     fn run_channel(&mut self, relid: u32, synic: &mut Synic) -> bool {
         let Some(ch) = self.channels.get_mut(&relid) else {
             return false;
@@ -658,35 +698,51 @@ impl Bus {
         // Only read more when earlier replies have all been written: the
         // host applies back-pressure through the guest's outbound ring.
         if Self::drain_backlog(ch, &mut self.stats, &mut signal_guest) {
-            for _ in 0..DEVICE_BUDGET {
-                let buf = &mut ch.buf;
-                match ch.reader.read(buf) {
-                    Ok(Some(pkt)) => {
-                        self.stats.packets_in += 1;
-                        self.stats.bytes_in += pkt.payload.len() as u64;
-                        let gp = GuestPacket {
-                            packet_type: pkt.packet_type.0,
-                            flags: pkt.flags,
-                            transaction_id: pkt.trans_id,
-                            payload: pkt.payload,
-                        };
-                        dev.model.on_packet(gp, &mut replies);
-                        ch.backlog.extend(replies.drain(..));
-                        if !Self::drain_backlog(ch, &mut self.stats, &mut signal_guest) {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(ReadError::Corrupt(c)) => {
-                        ch.broken = Some(Broken::Ring(c));
-                        self.stats.ring_corruptions += 1;
+            ch.reader.begin_read();
+            let mut budget = DEVICE_BUDGET;
+            loop {
+                let mut stop = Stop::Empty;
+                let budget_at_start = budget;
+                while ch.broken.is_none() {
+                    if budget == 0 {
+                        stop = Stop::Budget;
                         break;
                     }
-                    Err(_) => self.stats.bad_guest_packets += 1,
+                    let buf = &mut ch.buf;
+                    match ch.reader.read(buf) {
+                        Ok(Some(pkt)) => {
+                            budget -= 1;
+                            self.stats.packets_in += 1;
+                            self.stats.bytes_in += pkt.payload.len() as u64;
+                            let gp = GuestPacket {
+                                packet_type: pkt.packet_type.0,
+                                flags: pkt.flags,
+                                transaction_id: pkt.trans_id,
+                                payload: pkt.payload,
+                            };
+                            dev.model.on_packet(gp, &mut replies);
+                            ch.backlog.extend(replies.drain(..));
+                            if !Self::drain_backlog(ch, &mut self.stats, &mut signal_guest) {
+                                stop = Stop::Backpressure;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(ReadError::Corrupt(c)) => {
+                            ch.broken = Some(Broken::Ring(c));
+                            self.stats.ring_corruptions += 1;
+                        }
+                        Err(_) => {
+                            budget = budget.saturating_sub(1);
+                            self.stats.bad_guest_packets += 1;
+                        }
+                    }
                 }
-                again = true;
-            }
-            if ch.broken.is_none() {
+                if ch.broken.is_some() {
+                    break;
+                }
+                // One commit per batch.
+                self.stats.read_batches += 1;
                 match ch.reader.commit() {
                     // The guest asked for space and now has it.
                     Ok(true) => signal_guest = true,
@@ -694,7 +750,32 @@ impl Bus {
                     Err(c) => {
                         ch.broken = Some(Broken::Ring(c));
                         self.stats.ring_corruptions += 1;
+                        break;
                     }
+                }
+                let busy = stop == Stop::Budget || (stop == Stop::Empty && budget < budget_at_start);
+                if busy {
+                    // Keep the mask and poll again on the next step.
+                    again = true;
+                    break;
+                }
+                match stop {
+                    Stop::Budget => break,
+                    Stop::Empty | Stop::Backpressure => match ch.reader.end_read() {
+                        // Data arrived while masked; drain it unless the
+                        // guest must first make room for our replies (its
+                        // space signal brings us back).
+                        Ok(true) if stop == Stop::Empty => {
+                            self.stats.mask_rechecks += 1;
+                            ch.reader.begin_read();
+                        }
+                        Ok(_) => break,
+                        Err(c) => {
+                            ch.broken = Some(Broken::Ring(c));
+                            self.stats.ring_corruptions += 1;
+                            break;
+                        }
+                    },
                 }
             }
         }
@@ -711,8 +792,8 @@ impl Bus {
         if signal_guest && synic.set_event(ch.relid).is_ok() {
             self.stats.guest_signals += 1;
         }
-        // Run again while packets may remain (budget spent); a backlog waits
-        // for the guest's signal after it frees space.
+        // Poll again while busy (the mask is still set); a backlog waits for
+        // the guest's signal after it frees space.
         again && ch.backlog.is_empty() && ch.broken.is_none()
     }
 

@@ -158,6 +158,51 @@ pub struct ServerConfig {
     /// [`ServerEvent::OpenRequest`] and [`ServerEvent::Opened`]) instead of
     /// waiting for [`Server::complete_open`].
     pub auto_accept_open: bool,
+    /// How guest messages that crossed a rescind are treated (see
+    /// [`RescindCrossings`]). Default [`RescindCrossings::Refuse`].
+    pub rescind_crossings: RescindCrossings,
+}
+
+/// What the host does with guest messages that crossed its own rescind in
+/// flight.
+///
+/// The guest posts on one message connection, in order. Until its
+/// RelidReleased for a rescinded channel arrives, any OpenChannel,
+/// ModifyChannel, GpadlHeader, GpadlBody or GpadlTeardown naming that channel
+/// may have been posted before the guest saw the RescindChannelOffer: the
+/// host cannot tell, so it treats every such message as a crossing. (A
+/// guest that has seen the rescind stops sending these; it only closes the
+/// channel and releases the relid, which are never crossings.) After
+/// RelidReleased the relid is unknown again and such a message is refused
+/// as [`HostError::UnknownRelid`]. Messages that are wrong whatever the
+/// rescind did stay refusals in both modes: a duplicate GPADL handle, a
+/// teardown of an unknown GPADL or of the ring GPADL of a still-open
+/// channel, a message the version does not have, and (under `Tolerate`)
+/// opening a channel that is still open ([`HostError::AlreadyOpen`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RescindCrossings {
+    /// Refuse them as [`HostError::Rescinded`] (counted in
+    /// [`HostCounters::rejected`]), answering where the guest waits; the
+    /// GpadlBody messages of a refused header are refused as
+    /// [`HostError::GpadlBodyWithoutHeader`]. The strict behaviour, and the
+    /// default for compatibility.
+    #[default]
+    Refuse,
+    /// Tolerate them as Hyper-V does: each is answered or swallowed, counted
+    /// in [`HostCounters::crossed_rescind`] and never as a rejection:
+    ///
+    /// * OpenChannel of a rescinded, closed channel: answered with a failed
+    ///   OpenResult (the guest takes it as its one late answer); nothing opens.
+    /// * ModifyChannel: answered with a failed ModifyChannelResponse (5.3 and
+    ///   later); the target VP is not changed.
+    /// * GpadlHeader: answered with a failed GpadlCreated; its GpadlBody
+    ///   messages are then swallowed until the declared length is used up
+    ///   (at most `max_pending_gpadls` such headers are remembered; the oldest
+    ///   is forgotten first, and a body longer than the rest is refused).
+    /// * GpadlBody of a GPADL whose header came before the rescind: taken as
+    ///   usual (the GPADL is built, answered, and dropped with the relid).
+    /// * GpadlTeardown of an established GPADL: served and answered as usual.
+    Tolerate,
 }
 
 impl Default for ServerConfig {
@@ -175,6 +220,7 @@ impl Default for ServerConfig {
             outbox_capacity: 4096,
             event_capacity: 16384,
             auto_accept_open: false,
+            rescind_crossings: RescindCrossings::Refuse,
         }
     }
 }
@@ -272,6 +318,9 @@ pub struct HostCounters {
     pub received: [u64; MESSAGE_TYPE_SLOTS],
     /// Guest messages refused (malformed, wrong state, bad values), by type.
     pub rejected: [u64; MESSAGE_TYPE_SLOTS],
+    /// Guest messages that crossed a rescind and were answered or swallowed
+    /// under [`RescindCrossings::Tolerate`] (never also in `rejected`), by type.
+    pub crossed_rescind: [u64; MESSAGE_TYPE_SLOTS],
     /// Host messages queued for the guest, by type.
     pub sent: [u64; MESSAGE_TYPE_SLOTS],
     /// Host messages not sent because of [`HostFaults::drop_replies`], by type.
@@ -302,6 +351,10 @@ impl HostCounters {
     /// Sum of `rejected`.
     pub fn total_rejected(&self) -> u64 {
         self.rejected.iter().sum()
+    }
+    /// Sum of `crossed_rescind`.
+    pub fn total_crossed_rescind(&self) -> u64 {
+        self.crossed_rescind.iter().sum()
     }
     /// Sum of `sent`.
     pub fn total_sent(&self) -> u64 {
@@ -348,7 +401,8 @@ pub enum HostError {
     },
     /// No channel with that relid.
     UnknownRelid(u32),
-    /// The channel was rescinded.
+    /// The channel was rescinded and the message crossed the rescind
+    /// (only under [`RescindCrossings::Refuse`]; see there).
     Rescinded(u32),
     /// OpenChannel for a channel already open.
     AlreadyOpen(u32),
@@ -721,9 +775,22 @@ pub struct Server {
     pending_gpadls: BTreeMap<u32, PendingGpadl>,
     /// PFNs in `gpadls` plus PFNs declared by `pending_gpadls`.
     gpadl_pages: usize,
+    /// GPADL headers that crossed a rescind and were refused under
+    /// [`RescindCrossings::Tolerate`], whose bodies are still to be
+    /// swallowed; oldest first, at most `max_pending_gpadls`.
+    crossed_gpadls: VecDeque<CrossedGpadl>,
     outbox: VecDeque<OutgoingMessage>,
     events: VecDeque<ServerEvent>,
     counters: HostCounters,
+}
+
+/// A GpadlHeader refused because it crossed a rescind: its bodies follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CrossedGpadl {
+    handle: u32,
+    relid: u32,
+    /// Body bytes still to come (`range_buflen` minus what arrived).
+    remaining: usize,
 }
 
 /// The result of handling one guest message.
@@ -769,6 +836,7 @@ impl Server {
             gpadls: BTreeMap::new(),
             pending_gpadls: BTreeMap::new(),
             gpadl_pages: 0,
+            crossed_gpadls: VecDeque::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             counters: HostCounters::default(),
@@ -784,6 +852,10 @@ impl Server {
     /// Switches auto-accept of OpenChannel on or off.
     pub fn set_auto_accept_open(&mut self, on: bool) {
         self.config.auto_accept_open = on;
+    }
+    /// Switches how guest messages that crossed a rescind are treated.
+    pub fn set_rescind_crossings(&mut self, mode: RescindCrossings) {
+        self.config.rescind_crossings = mode;
     }
     /// The fault switches.
     pub fn faults(&self) -> &HostFaults {
@@ -1064,6 +1136,8 @@ impl Server {
         for handle in pending {
             self.abort_pending(handle);
         }
+        // Bodies of a crossed header precede the RelidReleased on the wire.
+        self.crossed_gpadls.retain(|c| c.relid != relid);
     }
 
     fn remove_gpadl(&mut self, handle: u32) {
@@ -1103,6 +1177,7 @@ impl Server {
             self.remove_gpadl(handle);
         }
         self.pending_gpadls.clear();
+        self.crossed_gpadls.clear();
         self.gpadl_pages = 0;
     }
 
@@ -1117,6 +1192,26 @@ impl Server {
 
     fn guest_channel_mut(&mut self, relid: u32) -> Option<&mut Channel> {
         self.channels.get_mut(&relid).filter(|c| c.offered)
+    }
+
+    /// Whether a message naming `relid` is to be tolerated as a crossing
+    /// of the rescind (see [`RescindCrossings`]): the mode is `Tolerate` and
+    /// the channel is rescinded but not released yet.
+    fn tolerates_crossing(&self, relid: u32) -> bool {
+        self.config.rescind_crossings == RescindCrossings::Tolerate
+            && self.guest_channel(relid).is_some_and(|c| c.rescinded)
+    }
+
+    fn count_crossing(&mut self, t: MessageType) {
+        if let Some(i) = HostCounters::slot(t) {
+            self.counters.crossed_rescind[i] += 1;
+        }
+    }
+
+    /// Number of GPADL headers that crossed a rescind whose body messages
+    /// are still expected (and will be swallowed).
+    pub fn crossed_gpadl_count(&self) -> usize {
+        self.crossed_gpadls.len()
     }
 
     /// Handles one HvPostMessage payload the guest posted on `connection_id`.
@@ -1291,6 +1386,17 @@ impl Server {
 
     fn on_open(&mut self, m: &OpenChannel) -> HostResult {
         let relid = m.child_relid;
+        if self.tolerates_crossing(relid) {
+            // A rescind cancels an open in progress, so the channel is
+            // closed or (rescinded while open) still open.
+            if self.channels.get(&relid).is_some_and(Channel::is_open) {
+                self.send_open_result(relid, m.openid, STATUS_UNSUCCESSFUL);
+                return Err(HostError::AlreadyOpen(relid));
+            }
+            self.send_open_result(relid, m.openid, STATUS_UNSUCCESSFUL);
+            self.count_crossing(MessageType::OPEN_CHANNEL);
+            return Ok(());
+        }
         let result = self.validate_open(m);
         let params = match result {
             Ok(p) => p,
@@ -1402,6 +1508,9 @@ impl Server {
     fn on_gpadl_header(&mut self, m: &GpadlHeaderMessage<'_>) -> HostResult {
         let relid = m.fixed.child_relid;
         let handle = m.fixed.gpadl;
+        // A new header for the handle of a crossed one: the guest has
+        // finished (or abandoned) the old bodies, posts being in order.
+        self.crossed_gpadls.retain(|c| c.handle != handle);
         if self.gpadls.contains_key(&handle) || self.pending_gpadls.contains_key(&handle) {
             // The existing GPADL is left alone; the duplicate is refused.
             self.send_gpadl_created(relid, handle, STATUS_UNSUCCESSFUL);
@@ -1414,6 +1523,11 @@ impl Server {
         };
         if let Err(e) = check {
             self.send_gpadl_created(relid, handle, STATUS_UNSUCCESSFUL);
+            if self.tolerates_crossing(relid) {
+                self.remember_crossed_gpadl(m, relid);
+                self.count_crossing(MessageType::GPADL_HEADER);
+                return Ok(());
+            }
             return Err(e);
         }
         let declared_len = usize::from(m.fixed.range_buflen);
@@ -1438,10 +1552,44 @@ impl Server {
         self.try_finish_gpadl(handle)
     }
 
+    /// Remembers a header refused as a crossing so its bodies are
+    /// swallowed; bounded by `max_pending_gpadls` (oldest forgotten first).
+    fn remember_crossed_gpadl(&mut self, m: &GpadlHeaderMessage<'_>, relid: u32) {
+        // `parse` guarantees range_bytes is no longer than range_buflen.
+        let remaining = usize::from(m.fixed.range_buflen).saturating_sub(m.range_bytes.len());
+        if remaining == 0 {
+            return;
+        }
+        while self.crossed_gpadls.len() >= self.config.max_pending_gpadls {
+            self.crossed_gpadls.pop_front();
+        }
+        self.crossed_gpadls.push_back(CrossedGpadl { handle: m.fixed.gpadl, relid, remaining });
+    }
+
+    /// A body of a header that crossed a rescind: swallowed while it fits
+    /// what the header declared. `None` if `handle` is not such a header.
+    fn swallow_crossed_body(&mut self, handle: u32, len: usize) -> Option<HostResult> {
+        let i = self.crossed_gpadls.iter().position(|c| c.handle == handle)?;
+        let entry = self.crossed_gpadls.get_mut(i)?;
+        if len > entry.remaining {
+            self.crossed_gpadls.remove(i);
+            return Some(Err(HostError::GpadlTooManyPfns { handle }));
+        }
+        entry.remaining -= len;
+        if entry.remaining == 0 {
+            self.crossed_gpadls.remove(i);
+        }
+        self.count_crossing(MessageType::GPADL_BODY);
+        Some(Ok(()))
+    }
+
     fn on_gpadl_body(&mut self, m: &GpadlBodyMessage<'_>) -> HostResult {
         let handle = m.fixed.gpadl;
         let rule = self.config.msgnumber_rule;
         let Some(pending) = self.pending_gpadls.get_mut(&handle) else {
+            if let Some(r) = self.swallow_crossed_body(handle, m.pfn_bytes.len()) {
+                return r;
+            }
             return Err(HostError::GpadlBodyWithoutHeader(handle));
         };
         let relid = pending.relid;
@@ -1458,6 +1606,10 @@ impl Server {
             return Err(e);
         }
         pending.next_msgnumber = pending.next_msgnumber.wrapping_add(1);
+        // A body of a header taken before the rescind is served as usual.
+        if self.tolerates_crossing(relid) {
+            self.count_crossing(MessageType::GPADL_BODY);
+        }
         self.try_finish_gpadl(handle)
     }
 
@@ -1502,6 +1654,9 @@ impl Server {
         }
         if self.channels.get(&relid).and_then(Channel::ring_gpadl) == Some(handle) {
             return Err(HostError::GpadlInUse(handle));
+        }
+        if self.tolerates_crossing(relid) {
+            self.count_crossing(MessageType::GPADL_TEARDOWN);
         }
         self.remove_gpadl(handle);
         self.send(ChannelMessage::GpadlTorndown(GpadlTorndown {
@@ -1554,6 +1709,18 @@ impl Server {
             return Err(HostError::NotInVersion { msgtype: MessageType::MODIFY_CHANNEL, version });
         }
         let relid = m.child_relid;
+        if self.tolerates_crossing(relid) {
+            // Interrupts of a channel being withdrawn are not moved.
+            if version.has_modify_channel_response() {
+                self.send(ChannelMessage::ModifyChannelResponse(ModifyChannelResponse {
+                    header: MessageHeader::new(MessageType::MODIFY_CHANNEL_RESPONSE),
+                    child_relid: relid,
+                    status: STATUS_UNSUCCESSFUL,
+                }));
+            }
+            self.count_crossing(MessageType::MODIFY_CHANNEL);
+            return Ok(());
+        }
         let vp_count = self.config.vp_count;
         let fail = self.faults.fail_modify.filter(|&s| s != 0);
         let check = match self.guest_channel_mut(relid) {
