@@ -159,7 +159,8 @@ pub struct ServerConfig {
     /// waiting for [`Server::complete_open`].
     pub auto_accept_open: bool,
     /// How guest messages that crossed a rescind are treated (see
-    /// [`RescindCrossings`]). Default [`RescindCrossings::Refuse`].
+    /// [`RescindCrossings`]). Default [`RescindCrossings::Tolerate`], as a real host
+    /// must: the guest's messages cross the rescind in flight.
     pub rescind_crossings: RescindCrossings,
 }
 
@@ -184,11 +185,10 @@ pub enum RescindCrossings {
     /// Refuse them as [`HostError::Rescinded`] (counted in
     /// [`HostCounters::rejected`]), answering where the guest waits; the
     /// GpadlBody messages of a refused header are refused as
-    /// [`HostError::GpadlBodyWithoutHeader`]. The strict behaviour, and the
-    /// default for compatibility.
-    #[default]
+    /// [`HostError::GpadlBodyWithoutHeader`]. The strict behaviour, for tests
+    /// that want every crossing reported as an error.
     Refuse,
-    /// Tolerate them as Hyper-V does: each is answered or swallowed, counted
+    /// Tolerate them as Hyper-V does (the default): each is answered or swallowed, counted
     /// in [`HostCounters::crossed_rescind`] and never as a rejection:
     ///
     /// * OpenChannel of a rescinded, closed channel: answered with a failed
@@ -202,6 +202,7 @@ pub enum RescindCrossings {
     /// * GpadlBody of a GPADL whose header came before the rescind: taken as
     ///   usual (the GPADL is built, answered, and dropped with the relid).
     /// * GpadlTeardown of an established GPADL: served and answered as usual.
+    #[default]
     Tolerate,
 }
 
@@ -220,7 +221,7 @@ impl Default for ServerConfig {
             outbox_capacity: 4096,
             event_capacity: 16384,
             auto_accept_open: false,
-            rescind_crossings: RescindCrossings::Refuse,
+            rescind_crossings: RescindCrossings::Tolerate,
         }
     }
 }
