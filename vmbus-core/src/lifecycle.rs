@@ -43,7 +43,9 @@
 //! client keeps the relid until unload).
 
 use crate::channel::{ChannelReceiver, ChannelSender};
-use crate::client::{ChannelSlot, ChannelState, Client, ClientError, ClientEvent, OpStatus, OpenParams, TeardownOutcome};
+use crate::client::{
+    ChannelSlot, ChannelState, Client, ClientError, ClientEvent, OpStatus, OpenParams, TeardownOutcome,
+};
 use crate::gpadl::GpaRangeRef;
 use crate::message::{MessageType, MAX_USER_DEFINED_BYTES};
 use crate::platform::{Hypervisor, SharedMemory, SharedRegion, HV_PAGE_SIZE};
@@ -262,7 +264,7 @@ fn ring_memories(
     let base = region.vaddr.as_ptr();
     let page = |i: usize| NonNull::new(base.wrapping_add(i * HV_PAGE_SIZE)).ok_or(bad);
     let (out_header, out_data, in_header, in_data) = (page(0)?, page(1)?, page(out_pages)?, page(out_pages + 1)?);
-    // SAFETY (both calls): by `SharedMemory`'s contract the region is
+    // SAFETY: by `SharedMemory`'s contract the region is
     // 4096-aligned, virtually contiguous and valid for reads and writes of
     // `region.pages * 4096` bytes until `free_shared`, and nothing else in the
     // guest uses it. The outbound ring spans pages [0, out_pages) and the
@@ -273,10 +275,12 @@ fn ring_memories(
     // their halves live, build at most one writer and one reader per ring,
     // and touch the pages only through them (control words atomically, as the
     // ring code does). The data pages are mapped once: `Mapping::Plain`.
-    let out =
-        unsafe { RingMemory::new(out_header, out_data, (out_pages - 1) * HV_PAGE_SIZE, Mapping::Plain) };
-    // SAFETY: see above.
-    let inb = unsafe { RingMemory::new(in_header, in_data, (in_pages - 1) * HV_PAGE_SIZE, Mapping::Plain) };
+    let (out, inb) = unsafe {
+        (
+            RingMemory::new(out_header, out_data, (out_pages - 1) * HV_PAGE_SIZE, Mapping::Plain),
+            RingMemory::new(in_header, in_data, (in_pages - 1) * HV_PAGE_SIZE, Mapping::Plain),
+        )
+    };
     Ok((out.map_err(LifecycleError::Ring)?, inb.map_err(LifecycleError::Ring)?))
 }
 

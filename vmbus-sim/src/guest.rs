@@ -509,8 +509,8 @@ impl Guest {
                     self.config.min_channels = 0;
                 }
                 for c in self.channels.values_mut() {
-                    let waiting = c.life.is_waiting()
-                        || (c.phase() == Phase::Open && (!c.outstanding.is_empty() || c.blocked));
+                    let waiting =
+                        c.life.is_waiting() || (c.phase() == Phase::Open && (!c.outstanding.is_empty() || c.blocked));
                     if waiting && self.now - c.wait_since > limit {
                         self.stats.timeouts += 1;
                         observe(
@@ -735,20 +735,27 @@ impl Guest {
 
     fn finish(&mut self, hv: &GuestHv<'_>) {
         let can_unload = self.client.version().is_some_and(|v| v.supports_unload());
-        if self.config.unload && can_unload && self.client.state() == ConnectionState::Connected {
-            if self.client.unload(hv).is_ok() {
-                self.phase = GuestPhase::Unloading;
-                self.wait_since = self.now;
-                return;
-            }
+        // A failed post is counted by the client (see `stats`).
+        if self.config.unload
+            && can_unload
+            && self.client.state() == ConnectionState::Connected
+            && self.client.unload(hv).is_ok()
+        {
+            self.phase = GuestPhase::Unloading;
+            self.wait_since = self.now;
+            return;
         }
         self.phase = GuestPhase::Done;
     }
 
     fn begin_open(&mut self, relid: u32, mem: &GuestMemory, hv: &GuestHv<'_>) {
         let Some(c) = self.channels.get_mut(&relid) else { return };
-        let request =
-            OpenRequest { out_pages: self.config.ring_pages, in_pages: self.config.ring_pages, target_vp: 0, user_data: &[] };
+        let request = OpenRequest {
+            out_pages: self.config.ring_pages,
+            in_pages: self.config.ring_pages,
+            target_vp: 0,
+            user_data: &[],
+        };
         c.wait_since = self.now;
         let buffer = vec![0u8; GUEST_PACKET_BUFFER];
         if c.life.open(&mut self.client, &request, buffer, mem, hv).is_err() {
