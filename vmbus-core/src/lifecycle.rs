@@ -204,6 +204,15 @@ pub struct OpenRequest<'a> {
 /// One channel's open/close sequence (see the module docs). `M` is the
 /// allocator type, `B` the receive buffer (e.g. `Vec<u8>` or `&mut [u8]`;
 /// its length is the largest packet accepted).
+///
+/// The allocator passed to the methods must be the one passed to
+/// [`open`](Self::open): the lifecycle remembers its address (with `M`, its
+/// identity; instances of a zero-sized `M` count as one allocator) and keeps
+/// the region rather than free it into another
+/// ([`LifecycleError::ForeignAllocator`]).
+///
+/// Not `Send` (it holds a [`SharedRegion`]); a glue that moves channels
+/// between CPUs keeps it where its lock is.
 pub struct ChannelLifecycle<M: SharedMemory + ?Sized, B: AsMut<[u8]>> {
     relid: u32,
     state: LifecycleState,
@@ -385,13 +394,15 @@ impl<M: SharedMemory + ?Sized, B: AsMut<[u8]>> ChannelLifecycle<M, B> {
         if out_pages < 2 || in_pages < 2 || out_pages > max_ring_pages || in_pages > max_ring_pages {
             return Err(bad);
         }
-        let user_data = self
-            .user_data
-            .get_mut(..request.user_data.len())
-            .ok_or(LifecycleError::UserDataTooLong(request.user_data.len()))?;
-        user_data.copy_from_slice(request.user_data);
-        self.user_data_len = request.user_data.len();
+        if request.user_data.len() > MAX_USER_DEFINED_BYTES {
+            return Err(LifecycleError::UserDataTooLong(request.user_data.len()));
+        }
         let info = client.channel(self.relid).ok_or(ClientError::NoSuchChannel(self.relid))?;
+        // Checked just above: the slice fits.
+        if let Some(user_data) = self.user_data.get_mut(..request.user_data.len()) {
+            user_data.copy_from_slice(request.user_data);
+        }
+        self.user_data_len = request.user_data.len();
         self.connection_id = info.connection_id;
         self.out_pages = out_pages;
         self.in_pages = in_pages;
