@@ -14,6 +14,8 @@
 //!   outstanding id;
 //! * [`channel`]: a guest channel endpoint (ring halves + signalling);
 //! * [`client`]: the guest side (contact, offers, open/close, rescind, unload);
+//! * `lifecycle` (feature `alloc`): one channel's open and close sequence
+//!   around the client, owning its ring memory;
 //! * `host` (feature `host`): the same protocol from the host's seat;
 //! * [`platform`]: the traits the OS glue implements (memory, hypervisor).
 //!
@@ -36,6 +38,8 @@ pub mod guid;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod hv;
+#[cfg(feature = "alloc")]
+pub mod lifecycle;
 pub mod message;
 pub mod packet;
 pub mod platform;

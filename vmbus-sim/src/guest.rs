@@ -3,18 +3,20 @@
 //! [`vmbus_core::client::Client`] and the channel endpoints.
 //!
 //! It contacts the host, requests offers, opens the channels of the
-//! interfaces it is told to open (allocate ring pages, GPADL, open), moves
-//! packets through [`ChannelSender`] and [`ChannelReceiver`] and checks what
-//! comes back, handles rescinds (close locally, tear down, free, release the
-//! relid), shuts a channel down when its ring is corrupt, closes everything
-//! and unloads.
+//! interfaces it is told to open, moves packets through the channel
+//! endpoints and checks what comes back, handles rescinds, shuts a channel
+//! down when its ring is corrupt, closes everything and unloads. The open and
+//! close sequences themselves (ring pages, GPADL, open, teardown, rescind
+//! cleanup, when memory may be freed) are vmbus-core's
+//! [`ChannelLifecycle`], the same code a kernel glue runs; this module adds
+//! the traffic, the observations and the timeouts.
 //!
 //! Like Linux it waits for host answers without a protocol timeout, but a
 //! simulated guest must not hang: when the simulation is idle, virtual time
 //! advances ([`Guest::tick`]) and a wait older than
-//! [`GuestConfig::timeout_ticks`] is abandoned and counted. Memory the host
-//! may still map is then kept, never freed (a leak beats a host writing into
-//! reused memory); an unload releases it.
+//! [`GuestConfig::timeout_ticks`] is abandoned ([`ChannelLifecycle::abandon`])
+//! and counted. Memory the host may still map is then kept, never freed (a
+//! leak beats a host writing into reused memory); an unload releases it.
 
 use crate::hypercall::Hypercalls;
 use crate::memory::{ArenaRef, GuestMemory};
@@ -25,19 +27,16 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::fmt;
-use vmbus_core::channel::{ChannelError, ChannelReceiver, ChannelSender};
-use vmbus_core::client::{
-    post_with_retry, ChannelState, Client, ClientConfig, ClientError, ClientEvent, ConnectionState, OpStatus,
-    OpenParams, TeardownOutcome,
-};
-use vmbus_core::gpadl::GpaRangeRef;
+use vmbus_core::channel::ChannelError;
+use vmbus_core::client::{post_with_retry, Client, ClientConfig, ClientError, ClientEvent, ConnectionState};
 use vmbus_core::guid::Guid;
 use vmbus_core::hv::{HvMessage, HvStatus, SynicMessageError};
+use vmbus_core::lifecycle::{ChannelLifecycle, LifecycleState, OpenRequest, Progress};
 use vmbus_core::message::MessageType;
 use vmbus_core::packet::{PacketType, FLAG_COMPLETION_REQUESTED};
-use vmbus_core::platform::{Hypervisor, SharedMemory, SharedRegion};
+use vmbus_core::platform::Hypervisor;
 use vmbus_core::reqid::VecRequestTable;
-use vmbus_core::ring::{RingReader, RingWriter, WriteError};
+use vmbus_core::ring::WriteError;
 use vmbus_core::version::Version;
 
 /// What the simulated guest does.
@@ -106,7 +105,7 @@ pub struct GuestStats {
     pub timeouts: u32,
     /// HvPostMessage retries (transient statuses).
     pub post_retries: u64,
-    /// Posts that failed for good.
+    /// Posts that failed for good (the client's count).
     pub post_failures: u64,
     /// Packets sent.
     pub packets_sent: u64,
@@ -211,7 +210,8 @@ impl fmt::Display for Observation {
 /// Observations kept.
 const OBSERVATION_LOG: usize = 256;
 
-/// What a channel is waiting for, or where it ended.
+/// What a channel is waiting for, or where it ended (the lifecycle's
+/// [`LifecycleState`], in the simulator's words).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Offered; the guest has not started opening it.
@@ -230,10 +230,28 @@ pub enum Phase {
     Rescinded,
     /// Relid released after a rescind.
     Released,
-    /// Abandoned after a timeout (memory kept until unload).
+    /// Abandoned after a timeout or a local failure (memory kept until unload).
     Abandoned,
     /// The host refused the GPADL or the open.
     Refused,
+}
+
+impl From<LifecycleState> for Phase {
+    fn from(s: LifecycleState) -> Phase {
+        match s {
+            LifecycleState::Idle => Phase::Offered,
+            LifecycleState::CreatingGpadl => Phase::CreatingGpadl,
+            LifecycleState::Opening => Phase::Opening,
+            LifecycleState::Open => Phase::Open,
+            LifecycleState::TearingDown => Phase::TearingDown,
+            // After an unload every channel is gone and its memory freed.
+            LifecycleState::Closed | LifecycleState::Unloaded => Phase::Closed,
+            LifecycleState::Refused => Phase::Refused,
+            LifecycleState::Rescinded => Phase::Rescinded,
+            LifecycleState::Released => Phase::Released,
+            LifecycleState::Abandoned | LifecycleState::Failed => Phase::Abandoned,
+        }
+    }
 }
 
 /// One transaction the guest waits on.
@@ -245,14 +263,8 @@ struct Outstanding {
 /// A channel as the guest tracks it.
 struct GuestChannel {
     relid: u32,
-    connection_id: u32,
-    phase: Phase,
-    region: Option<SharedRegion>,
-    /// Frame of the region's first page.
-    first_pfn: u64,
-    gpadl: Option<u32>,
-    sender: Option<ChannelSender>,
-    receiver: Option<ChannelReceiver<Vec<u8>>>,
+    /// Open/close sequence, ring memory and endpoints.
+    life: ChannelLifecycle<GuestMemory, Vec<u8>>,
     /// Tick at which the current wait began.
     wait_since: u64,
     to_send: u32,
@@ -261,10 +273,12 @@ struct GuestChannel {
     blocked: bool,
     /// The channel was shut down for corruption (close in progress).
     shut_down: bool,
-    /// Was rescinded after it had been open (as opposed to during the open sequence).
-    rescinded_open: bool,
-    /// The channel reached the open state at some point.
-    was_open: bool,
+}
+
+impl GuestChannel {
+    fn phase(&self) -> Phase {
+        self.life.state().into()
+    }
 }
 
 /// An offer the guest saw (kept for the report).
@@ -371,6 +385,8 @@ impl Guest {
     pub fn stats(&self) -> GuestStats {
         let mut s = self.stats;
         s.messages_rejected = self.client.counters().rejected_total();
+        // Every post goes through the client, which counts those that failed for good.
+        s.post_failures = self.client.counters().post_failures;
         s
     }
 
@@ -400,7 +416,7 @@ impl Guest {
 
     /// The phase of channel `relid`.
     pub fn channel_phase(&self, relid: u32) -> Option<Phase> {
-        self.channels.get(&relid).map(|c| c.phase)
+        self.channels.get(&relid).map(GuestChannel::phase)
     }
 
     /// Relids of the channels the guest is opening or has opened.
@@ -410,7 +426,7 @@ impl Guest {
 
     /// Whether `relid` is open and healthy (not being shut down).
     pub fn channel_usable(&self, relid: u32) -> bool {
-        self.channels.get(&relid).is_some_and(|c| c.phase == Phase::Open && !c.shut_down)
+        self.channels.get(&relid).is_some_and(|c| c.phase() == Phase::Open && !c.shut_down)
     }
 
     /// Packets still to send on `relid`.
@@ -435,7 +451,7 @@ impl Guest {
         match self.phase {
             GuestPhase::Boot => true,
             GuestPhase::Running => {
-                self.channels.values().any(|c| match c.phase {
+                self.channels.values().any(|c| match c.phase() {
                     Phase::Offered | Phase::Rescinded => true,
                     Phase::Open => {
                         c.shut_down || (c.to_send > 0 && !c.blocked) || (c.to_send == 0 && c.outstanding.is_empty())
@@ -453,7 +469,7 @@ impl Guest {
             && self
                 .channels
                 .values()
-                .all(|c| matches!(c.phase, Phase::Closed | Phase::Released | Phase::Abandoned | Phase::Refused))
+                .all(|c| matches!(c.phase(), Phase::Closed | Phase::Released | Phase::Abandoned | Phase::Refused))
     }
 
     /// Whether the guest waits on the host (so idle time counts against a timeout).
@@ -462,8 +478,8 @@ impl Guest {
             GuestPhase::Contacting | GuestPhase::Enumerating | GuestPhase::Unloading => true,
             GuestPhase::Running if self.channels.len() < self.config.min_channels => true,
             GuestPhase::Running => self.channels.values().any(|c| {
-                matches!(c.phase, Phase::CreatingGpadl | Phase::Opening | Phase::TearingDown)
-                    || (c.phase == Phase::Open && (!c.outstanding.is_empty() || c.blocked))
+                matches!(c.phase(), Phase::CreatingGpadl | Phase::Opening | Phase::TearingDown)
+                    || (c.phase() == Phase::Open && (!c.outstanding.is_empty() || c.blocked))
             }),
             _ => false,
         }
@@ -493,17 +509,16 @@ impl Guest {
                     self.config.min_channels = 0;
                 }
                 for c in self.channels.values_mut() {
-                    let waiting = matches!(c.phase, Phase::CreatingGpadl | Phase::Opening | Phase::TearingDown)
-                        || (c.phase == Phase::Open && (!c.outstanding.is_empty() || c.blocked));
+                    let waiting =
+                        c.life.is_waiting() || (c.phase() == Phase::Open && (!c.outstanding.is_empty() || c.blocked));
                     if waiting && self.now - c.wait_since > limit {
                         self.stats.timeouts += 1;
                         observe(
                             &mut self.observations,
-                            Observation::ChannelTimedOut { relid: c.relid, phase: c.phase },
+                            Observation::ChannelTimedOut { relid: c.relid, phase: c.phase() },
                         );
-                        c.sender = None;
-                        c.receiver = None;
-                        c.phase = Phase::Abandoned;
+                        // Drops the endpoints; memory the host may map is kept until unload.
+                        c.life.abandon(&mut self.client);
                     }
                 }
             }
@@ -583,9 +598,8 @@ impl Guest {
             ClientEvent::Connected { .. } => {
                 self.phase = GuestPhase::Enumerating;
                 self.wait_since = self.now;
-                if self.client.request_offers(hv).is_err() {
-                    self.stats.post_failures += 1;
-                }
+                // A failure is counted by the client (see `stats`).
+                let _ = self.client.request_offers(hv);
             }
             ClientEvent::ContactFailed(_) => self.phase = GuestPhase::Failed,
             ClientEvent::Offer(o) => {
@@ -600,20 +614,12 @@ impl Guest {
                         o.relid,
                         GuestChannel {
                             relid: o.relid,
-                            connection_id: o.offer.connection_id,
-                            phase: Phase::Offered,
-                            region: None,
-                            first_pfn: 0,
-                            gpadl: None,
-                            sender: None,
-                            receiver: None,
+                            life: ChannelLifecycle::new(o.relid),
                             wait_since: self.now,
                             to_send: self.config.packets_per_channel,
                             outstanding: VecRequestTable::with_capacity(256),
                             blocked: false,
                             shut_down: false,
-                            rescinded_open: false,
-                            was_open: false,
                         },
                     );
                 }
@@ -624,88 +630,30 @@ impl Guest {
                     self.wait_since = self.now;
                 }
             }
-            ClientEvent::GpadlCreated { relid, handle, status } => {
+            ClientEvent::GpadlCreated { relid, .. }
+            | ClientEvent::OpenResult { relid, .. }
+            | ClientEvent::GpadlTornDown { relid, .. } => {
                 let Some(c) = self.channels.get_mut(&relid) else { return };
-                if c.phase != Phase::CreatingGpadl || c.gpadl != Some(handle) {
-                    return;
-                }
-                match status {
-                    OpStatus::Success => {
-                        let params = OpenParams {
-                            ring_gpadl: handle,
-                            downstream_page_offset: self.config.ring_pages as u32,
-                            target_vp: 0,
-                            user_data: &[],
-                        };
+                let progress = c.life.on_event(&e, &mut self.client, mem, hv);
+                match progress {
+                    Progress::Waiting => c.wait_since = self.now,
+                    Progress::Opened => {
                         c.wait_since = self.now;
-                        if self.client.open_channel(relid, &params, hv).is_ok() {
-                            c.phase = Phase::Opening;
-                        } else {
-                            self.stats.post_failures += 1;
-                            c.phase = Phase::Abandoned;
-                        }
+                        self.stats.channels_opened += 1;
                     }
-                    OpStatus::Failed(status) => {
-                        let answer = MessageType::GPADL_CREATED;
-                        observe(&mut self.observations, Observation::HostRefused { relid, answer, status });
-                        // The host never mapped the pages: free them.
-                        c.gpadl = None;
-                        free_region(mem, c);
-                        c.phase = Phase::Refused;
-                        self.stats.host_refusals += 1;
-                    }
-                    // The rescind path cleans up.
-                    OpStatus::Rescinded | OpStatus::Unloaded => c.gpadl = None,
-                }
-            }
-            ClientEvent::OpenResult { relid, status } => {
-                let Some(c) = self.channels.get_mut(&relid) else { return };
-                if c.phase != Phase::Opening {
-                    return;
-                }
-                match status {
-                    OpStatus::Success => {
-                        if attach_rings(c, mem, self.config.ring_pages) {
-                            c.phase = Phase::Open;
-                            c.was_open = true;
-                            c.wait_since = self.now;
-                            self.stats.channels_opened += 1;
-                        } else {
-                            c.phase = Phase::Abandoned;
-                        }
-                    }
-                    OpStatus::Failed(status) => {
-                        let answer = MessageType::OPEN_CHANNEL_RESULT;
+                    Progress::Refused { answer, status } => {
+                        c.wait_since = self.now;
                         observe(&mut self.observations, Observation::HostRefused { relid, answer, status });
                         self.stats.host_refusals += 1;
-                        c.phase = Phase::TearingDown;
-                        c.wait_since = self.now;
-                        start_teardown(&mut self.client, c, mem, hv, &mut self.stats);
-                        if c.phase == Phase::Closed {
-                            c.phase = Phase::Refused;
-                        }
                     }
-                    OpStatus::Rescinded | OpStatus::Unloaded => {}
-                }
-            }
-            ClientEvent::GpadlTornDown { relid, handle, .. } => {
-                let Some(c) = self.channels.get_mut(&relid) else { return };
-                if c.gpadl == Some(handle) && c.phase == Phase::TearingDown {
-                    c.gpadl = None;
-                    free_region(mem, c);
-                    c.phase = Phase::Closed;
+                    _ => {}
                 }
             }
             ClientEvent::Rescinded { relid } => {
                 if let Some(c) = self.channels.get_mut(&relid) {
-                    c.rescinded_open = c.was_open;
-                    observe(&mut self.observations, Observation::Rescinded { relid, phase: c.phase });
-                    // Stop touching the rings at once.
-                    c.sender = None;
-                    c.receiver = None;
-                    if !matches!(c.phase, Phase::Abandoned) {
-                        c.phase = Phase::Rescinded;
-                    }
+                    observe(&mut self.observations, Observation::Rescinded { relid, phase: c.phase() });
+                    // Stops touching the rings at once; cleanup follows in a later step.
+                    c.life.on_event(&e, &mut self.client, mem, hv);
                 } else if self.client.channel(relid).is_some() {
                     // A channel the guest never used: release it straight away.
                     let _ = self.client.release_relid(relid, hv);
@@ -716,9 +664,7 @@ impl Guest {
                 self.phase = GuestPhase::Done;
                 // The host has dropped every mapping: all ring memory is ours again.
                 for c in self.channels.values_mut() {
-                    c.sender = None;
-                    c.receiver = None;
-                    free_region(mem, c);
+                    c.life.on_event(&e, &mut self.client, mem, hv);
                 }
             }
             ClientEvent::ModifyChannelResponse { .. } | ClientEvent::TlConnectResult(_) => {}
@@ -726,45 +672,21 @@ impl Guest {
     }
 
     /// Finishes a rescinded channel: local close, local GPADL teardown,
-    /// free, RelidReleased.
+    /// free, RelidReleased (the lifecycle's cleanup), and counts it.
     fn cleanup_rescinded(&mut self, relid: u32, mem: &GuestMemory, hv: &GuestHv<'_>) {
         let Some(c) = self.channels.get_mut(&relid) else { return };
-        if let Some(info) = self.client.channel(relid) {
-            if matches!(info.state, ChannelState::Open { .. }) {
-                let _ = self.client.close_channel(relid, hv);
-            }
-            if matches!(info.state, ChannelState::Opening { .. }) {
-                // The client completes a pending open on rescind; nothing to do yet.
-                return;
-            }
-        }
-        let handles: Vec<u32> = self.client.gpadls(relid).map(|(h, _)| h).collect();
-        for h in handles {
-            if let Ok(TeardownOutcome::CompletedLocally) = self.client.teardown_gpadl(relid, h, hv) {
-                if c.gpadl == Some(h) {
-                    c.gpadl = None;
-                }
-            }
-        }
-        if self.client.gpadls(relid).next().is_some() {
-            // A GPADL still being created: the host may map it; keep waiting.
+        let Ok(progress) = c.life.cleanup_rescinded(&mut self.client, mem, hv) else { return };
+        if c.life.holds_memory() {
+            // Failed before the pages could be freed: kept until unload.
             return;
         }
-        free_region(mem, c);
-        if c.rescinded_open {
+        if c.life.was_open() {
             self.stats.channels_removed += 1;
         } else {
             self.stats.opens_aborted += 1;
         }
-        match self.client.release_relid(relid, hv) {
-            Ok(()) => {
-                self.stats.relids_released += 1;
-                c.phase = Phase::Released;
-            }
-            Err(_) => {
-                self.stats.post_failures += 1;
-                c.phase = Phase::Abandoned;
-            }
+        if progress == Progress::Released {
+            self.stats.relids_released += 1;
         }
     }
 
@@ -781,7 +703,7 @@ impl Guest {
                 let ready: Vec<u32> = self
                     .channels
                     .values()
-                    .filter(|c| match c.phase {
+                    .filter(|c| match c.phase() {
                         Phase::Offered | Phase::Rescinded => true,
                         Phase::Open => {
                             c.shut_down || (c.to_send > 0 && !c.blocked) || (c.to_send == 0 && c.outstanding.is_empty())
@@ -798,7 +720,7 @@ impl Guest {
                     return false;
                 }
                 let relid = ready[self.rng.below(ready.len() as u64) as usize];
-                let phase = self.channels.get(&relid).map(|c| c.phase);
+                let phase = self.channels.get(&relid).map(GuestChannel::phase);
                 match phase {
                     Some(Phase::Offered) => self.begin_open(relid, mem, hv),
                     Some(Phase::Rescinded) => self.cleanup_rescinded(relid, mem, hv),
@@ -813,48 +735,32 @@ impl Guest {
 
     fn finish(&mut self, hv: &GuestHv<'_>) {
         let can_unload = self.client.version().is_some_and(|v| v.supports_unload());
-        if self.config.unload && can_unload && self.client.state() == ConnectionState::Connected {
-            if self.client.unload(hv).is_ok() {
-                self.phase = GuestPhase::Unloading;
-                self.wait_since = self.now;
-                return;
-            }
-            self.stats.post_failures += 1;
+        // A failed post is counted by the client (see `stats`).
+        if self.config.unload
+            && can_unload
+            && self.client.state() == ConnectionState::Connected
+            && self.client.unload(hv).is_ok()
+        {
+            self.phase = GuestPhase::Unloading;
+            self.wait_since = self.now;
+            return;
         }
         self.phase = GuestPhase::Done;
     }
 
     fn begin_open(&mut self, relid: u32, mem: &GuestMemory, hv: &GuestHv<'_>) {
         let Some(c) = self.channels.get_mut(&relid) else { return };
-        let pages = self.config.ring_pages * 2;
-        let Ok(region) = mem.alloc_shared(pages) else {
-            c.phase = Phase::Abandoned;
-            return;
+        let request = OpenRequest {
+            out_pages: self.config.ring_pages,
+            in_pages: self.config.ring_pages,
+            target_vp: 0,
+            user_data: &[],
         };
-        let pfns: Vec<u64> = (0..pages).filter_map(|i| mem.frame(&region, i)).collect();
-        c.first_pfn = pfns.first().copied().unwrap_or(0);
-        // Both ring control pages start from a clean state before the host sees them.
-        for half in 0..2u64 {
-            if let Ok(ring) =
-                mem.ring_memory(c.first_pfn + half * self.config.ring_pages as u64, self.config.ring_pages)
-            {
-                ring.initialize();
-            }
-        }
-        c.region = Some(region);
         c.wait_since = self.now;
-        match self.client.create_gpadl(relid, GpaRangeRef::whole_pages(&pfns), hv) {
-            Ok(handle) => {
-                c.gpadl = Some(handle);
-                c.phase = Phase::CreatingGpadl;
-            }
-            Err(_) => {
-                // Nothing reached the host (or a post failed part-way): the
-                // host cannot have mapped an incomplete GPADL, so free.
-                self.stats.post_failures += 1;
-                free_region(mem, c);
-                c.phase = Phase::Abandoned;
-            }
+        let buffer = vec![0u8; GUEST_PACKET_BUFFER];
+        if c.life.open(&mut self.client, &request, buffer, mem, hv).is_err() {
+            // An unusable configuration: give the channel up (nothing allocated).
+            c.life.abandon(&mut self.client);
         }
     }
 
@@ -867,17 +773,12 @@ impl Guest {
             } else {
                 self.stats.channels_closed += 1;
             }
-            c.sender = None;
-            c.receiver = None;
-            c.phase = Phase::TearingDown;
             c.wait_since = self.now;
-            if self.client.close_channel(relid, hv).is_err() {
-                self.stats.post_failures += 1;
-            }
-            start_teardown(&mut self.client, c, mem, hv, &mut self.stats);
+            // Drops the endpoints; frees once the host confirms the teardown.
+            let _ = c.life.close(&mut self.client, mem, hv);
             return;
         }
-        let Some(sender) = c.sender.as_mut() else { return };
+        let Some((sender, _)) = c.life.endpoints_mut() else { return };
         let burst = 1 + self.rng.below(8) as u32;
         let mut sent = 0;
         while sent < burst && c.to_send > 0 {
@@ -934,17 +835,12 @@ impl Guest {
 
     fn poll_channel(&mut self, relid: u32, hv: &GuestHv<'_>) {
         let Some(c) = self.channels.get_mut(&relid) else { return };
-        if c.phase != Phase::Open {
-            return;
-        }
+        let Some((sender, receiver)) = c.life.endpoints_mut() else { return };
         // A signal also means "space freed" for a blocked sender.
         if c.blocked {
             c.blocked = false;
-            if let Some(s) = c.sender.as_mut() {
-                s.writer_mut().clear_space_request();
-            }
+            sender.writer_mut().clear_space_request();
         }
-        let Some(receiver) = c.receiver.as_mut() else { return };
         let mut got: Vec<(u16, u16, u64, Vec<u8>)> = Vec::new();
         let skipped_before = receiver.ring_counters().skipped;
         let result = receiver.poll(hv, self.config.poll_budget, |p| {
@@ -1000,60 +896,6 @@ impl Guest {
                 }
             }
         }
-    }
-}
-
-/// Builds the guest's ring halves after a successful open: the writer on
-/// the outbound ring (first half), the reader on the inbound ring.
-fn attach_rings(c: &mut GuestChannel, mem: &GuestMemory, ring_pages: usize) -> bool {
-    if c.region.is_none() {
-        return false;
-    }
-    let (Ok(out), Ok(inb)) =
-        (mem.ring_memory(c.first_pfn, ring_pages), mem.ring_memory(c.first_pfn + ring_pages as u64, ring_pages))
-    else {
-        return false;
-    };
-    c.sender = Some(ChannelSender::new(RingWriter::new(out), c.connection_id));
-    c.receiver = Some(ChannelReceiver::new(RingReader::new(inb), vec![0u8; GUEST_PACKET_BUFFER], c.connection_id));
-    true
-}
-
-/// Posts the ring GPADL's teardown; frees at once if nothing is pending.
-fn start_teardown(
-    client: &mut Client<Vec<vmbus_core::client::ChannelSlot>>,
-    c: &mut GuestChannel,
-    mem: &GuestMemory,
-    hv: &GuestHv<'_>,
-    stats: &mut GuestStats,
-) {
-    let Some(handle) = c.gpadl else {
-        free_region(mem, c);
-        c.phase = Phase::Closed;
-        return;
-    };
-    match client.teardown_gpadl(c.relid, handle, hv) {
-        Ok(TeardownOutcome::Pending) => {}
-        Ok(TeardownOutcome::CompletedLocally) => {
-            c.gpadl = None;
-            free_region(mem, c);
-            c.phase = Phase::Closed;
-        }
-        Err(_) => {
-            stats.post_failures += 1;
-            c.phase = Phase::Abandoned;
-        }
-    }
-}
-
-fn free_region(mem: &GuestMemory, c: &mut GuestChannel) {
-    c.sender = None;
-    c.receiver = None;
-    if let Some(region) = c.region.take() {
-        // The ring halves over it were dropped just above, and every caller
-        // has established that the host no longer maps it (GPADL never
-        // created, torn down, rescinded and released locally, or unloaded).
-        mem.release(region);
     }
 }
 

@@ -26,6 +26,15 @@
 //! dropped with no event (counted in [`ClientCounters::late_after_rescind`]);
 //! a second one, or one for an operation that was not pending, is rejected.
 //!
+//! Giving up: when the glue stops waiting for the host (a timeout), it calls
+//! [`Client::abandon`]. That completes the channel's pending operations
+//! locally, with no events (the glue asked, it knows), and remembers their
+//! answers as owed exactly like a rescind does: a late answer is accepted and
+//! dropped (counted in [`ClientCounters::late_after_abandon`]), a second one is
+//! rejected. An abandoned channel starts nothing new (no GPADL, open or
+//! modify: their answers could not be told from the owed ones); it may still
+//! be closed, have created GPADLs torn down, be rescinded and released.
+//!
 //! Posting: each message is posted once through [`Hypervisor::post_message`];
 //! a failure is returned as [`ClientError::Post`]. Retrying transient statuses
 //! is the glue's job (see [`post_with_retry`] and [`RetryingHypervisor`]).
@@ -237,8 +246,10 @@ impl OwedAnswers {
 struct ChannelEntry {
     info: ChannelInfo,
     gpadls: [Option<GpadlRecord>; MAX_GPADLS_PER_CHANNEL],
-    /// Late answers still owed after a rescind (empty while not rescinded).
+    /// Late answers still owed after a rescind or an abandon (empty otherwise).
     owed: OwedAnswers,
+    /// The glue gave up waiting on this channel ([`Client::abandon`]); sticky.
+    abandoned: bool,
 }
 
 impl ChannelEntry {
@@ -319,7 +330,7 @@ pub enum InvariantViolation {
     ChannelsWhileDisconnected,
     /// A ModifyChannel is pending on a channel that is not open.
     ModifyWhileNotOpen(u32),
-    /// Late answers are recorded as owed on a channel that was not rescinded,
+    /// Late answers are recorded as owed on a channel that was neither rescinded nor abandoned,
     /// or an owed OpenResult on a channel that is not closed, or a creating
     /// bit without a handle.
     BadOwedAnswers(u32),
@@ -452,6 +463,9 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
         let (i, e) = self.local_entry(relid)?;
         if e.info.rescinded {
             return Err(ClientError::ChannelRescinded(relid));
+        }
+        if e.abandoned {
+            return Err(ClientError::ChannelAbandoned(relid));
         }
         Ok((i, e))
     }
@@ -671,7 +685,8 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                         return Err(bad_openid);
                     }
                     e.owed.take_flag(OWED_OPEN_RESULT);
-                    self.counters.late_after_rescind += 1;
+                    let abandoned = e.abandoned && !e.info.rescinded;
+                    self.count_late(abandoned);
                     return Ok(());
                 };
                 if r.openid != r.child_relid {
@@ -691,7 +706,8 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                     // The rescind completed this create; its answer crossed.
                     let k = e.owed.gpadl(g.gpadl, true).ok_or(unknown)?;
                     e.owed.take_gpadl(k);
-                    self.counters.late_after_rescind += 1;
+                    let abandoned = e.abandoned && !e.info.rescinded;
+                    self.count_late(abandoned);
                     return Ok(());
                 };
                 let status = OpStatus::from_host(g.creation_status);
@@ -717,12 +733,12 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                         let e = s.0.as_mut()?;
                         let k = e.owed.gpadl(g.gpadl, false)?;
                         e.owed.take_gpadl(k);
-                        Some(())
+                        Some(e.abandoned && !e.info.rescinded)
                     });
-                    if owed.is_none() {
+                    let Some(abandoned) = owed else {
                         return Err(ClientError::UnknownGpadl { msgtype: t, handle: g.gpadl });
-                    }
-                    self.counters.late_after_rescind += 1;
+                    };
+                    self.count_late(abandoned);
                     return Ok(());
                 };
                 *rec = None;
@@ -737,7 +753,8 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
                     if !e.owed.take_flag(OWED_MODIFY_RESPONSE) {
                         return Err(ClientError::NoRequestOutstanding { msgtype: t, relid: m.child_relid });
                     }
-                    self.counters.late_after_rescind += 1;
+                    let abandoned = e.abandoned && !e.info.rescinded;
+                    self.count_late(abandoned);
                     return Ok(());
                 }
                 e.info.modify_pending = false;
@@ -822,6 +839,7 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
             },
             gpadls: [None; MAX_GPADLS_PER_CHANNEL],
             owed: OwedAnswers::NONE,
+            abandoned: false,
         }));
         self.counters.offers += 1;
         if primary_relid.is_some() {
@@ -835,7 +853,13 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
     /// `owe_answers` (a rescind) the host's answers to them are remembered
     /// as still owed, so a late one that crossed the rescind is not taken for
     /// a protocol violation.
-    fn cancel_pending(&mut self, i: usize, status: OpStatus, owe_answers: bool, events: &mut impl FnMut(ClientEvent)) {
+    fn cancel_pending(
+        &mut self,
+        i: usize,
+        status: OpStatus,
+        owe_answers: bool,
+        events: &mut impl FnMut(ClientEvent),
+    ) -> u64 {
         let mut cancelled = 0;
         if let Some(e) = self.entry_mut(i) {
             let relid = e.info.relid;
@@ -874,6 +898,16 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
             }
         }
         self.counters.cancelled_operations += cancelled;
+        cancelled
+    }
+
+    /// Counts a late answer to an operation a rescind or an abandon completed.
+    fn count_late(&mut self, abandoned: bool) {
+        if abandoned {
+            self.counters.late_after_abandon += 1;
+        } else {
+            self.counters.late_after_rescind += 1;
+        }
     }
 
     fn on_rescind(&mut self, relid: u32, events: &mut impl FnMut(ClientEvent)) -> Result<(), ClientError> {
@@ -1113,6 +1147,36 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
         Ok(())
     }
 
+    /// Gives up waiting on channel `relid` (the glue's timeout): every pending
+    /// operation (GPADL create or teardown, open, modify) is completed locally
+    /// with no event and its answer is remembered as owed, so a late answer is
+    /// accepted and dropped (counted in [`ClientCounters::late_after_abandon`])
+    /// and a second one rejected, exactly as after a rescind. Returns how many
+    /// operations were cancelled (0 if none was pending). The channel is marked
+    /// abandoned for good: [`create_gpadl`](Self::create_gpadl),
+    /// [`open_channel`](Self::open_channel) and
+    /// [`modify_channel`](Self::modify_channel) are refused with
+    /// [`ClientError::ChannelAbandoned`]; closing, tearing down created
+    /// GPADLs, a rescind and [`release_relid`](Self::release_relid) work as
+    /// before. Posts nothing.
+    ///
+    /// The host may still map any GPADL whose create or teardown was
+    /// abandoned: the glue must keep that memory until an unload (or a
+    /// rescind and release) says the host has let go.
+    pub fn abandon(&mut self, relid: u32) -> Result<u64, ClientError> {
+        let (i, _) = self.local_entry(relid)?;
+        let cancelled = self.cancel_pending(i, OpStatus::Rescinded, true, &mut |_| {});
+        if let Some(e) = self.entry_mut(i) {
+            e.abandoned = true;
+        }
+        Ok(cancelled)
+    }
+
+    /// Whether the glue abandoned channel `relid` ([`abandon`](Self::abandon)).
+    pub fn is_abandoned(&self, relid: u32) -> bool {
+        self.find(relid).and_then(|i| self.entry(i)).is_some_and(|e| e.abandoned)
+    }
+
     /// Posts Unload (VMBus 3.0 and later). Wait for [`ClientEvent::UnloadComplete`].
     pub fn unload<H: Hypervisor + ?Sized>(&mut self, hv: &H) -> Result<(), ClientError> {
         let version = self.require_connected()?;
@@ -1172,7 +1236,7 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
             let creating_without_handle =
                 owed.gpadl_handles.iter().enumerate().any(|(k, &h)| h == 0 && owed.gpadl_creating & (1 << k) != 0);
             let unknown_flags = owed.flags & !(OWED_OPEN_RESULT | OWED_MODIFY_RESPONSE) != 0;
-            if (!e.info.rescinded && !owed.is_empty())
+            if (!e.info.rescinded && !e.abandoned && !owed.is_empty())
                 || open_owed_while_not_closed
                 || creating_without_handle
                 || unknown_flags
@@ -1226,7 +1290,8 @@ mod tests {
             rescinded,
             modify_pending: false,
         };
-        client.channels[0] = ChannelSlot(Some(ChannelEntry { info, gpadls: [None; MAX_GPADLS_PER_CHANNEL], owed }));
+        client.channels[0] =
+            ChannelSlot(Some(ChannelEntry { info, gpadls: [None; MAX_GPADLS_PER_CHANNEL], owed, abandoned: false }));
         client
     }
 

@@ -349,6 +349,8 @@ pub enum ClientError {
     ChannelRescinded(u32),
     /// The channel is not in a state that allows this.
     InvalidChannelState(u32),
+    /// The glue abandoned the channel ([`Client::abandon`](super::Client::abandon)): nothing new starts on it.
+    ChannelAbandoned(u32),
     /// The negotiated version does not support this operation.
     NotSupported {
         /// The operation's message type.
@@ -440,6 +442,7 @@ impl fmt::Display for ClientError {
             ClientError::NoSuchChannel(r) => write!(f, "no channel with relid {r}"),
             ClientError::ChannelRescinded(r) => write!(f, "channel {r} was rescinded"),
             ClientError::InvalidChannelState(r) => write!(f, "channel {r} is in the wrong state"),
+            ClientError::ChannelAbandoned(r) => write!(f, "channel {r} was abandoned"),
             ClientError::NotSupported { msgtype, version } => write!(f, "{msgtype:?} not supported by VMBus {version}"),
             ClientError::Gpadl(e) => write!(f, "GPADL: {e}"),
             ClientError::TooManyGpadls(r) => write!(f, "channel {r} has too many GPADLs"),
@@ -485,6 +488,11 @@ pub struct ClientCounters {
     /// completed: the messages crossed. Accepted and dropped with no event,
     /// at most one per cancelled operation; not a violation.
     pub late_after_rescind: u64,
+    /// Late host answers to an operation [`Client::abandon`](super::Client::abandon)
+    /// completed (the glue stopped waiting; the host answered after all).
+    /// Accepted and dropped with no event, at most one per cancelled
+    /// operation; not a violation.
+    pub late_after_abandon: u64,
     /// Versions the host refused.
     pub version_refusals: u64,
     /// UnloadResponse with no Unload outstanding (tolerated, like Linux).
