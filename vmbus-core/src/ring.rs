@@ -497,8 +497,8 @@ struct SharedControl {
 impl SharedControl {
     #[inline]
     fn word(&self, offset: usize) -> &AtomicU32 {
-        // SAFETY: `offset` is one of the ring_control constants (< 4096,
-        // 4-aligned) and the header is 4096-aligned and valid for atomic
+        // SAFETY: `offset` is 4-aligned and < 4096 (a ring_control constant,
+        // or an offset RingPeer checked) and the header is 4096-aligned and valid for atomic
         // access while the RingMemory/half exists (RingMemory::new contract);
         // the returned reference does not outlive `self`, which lives no
         // longer than its half. Shared access through an AtomicU32 is the
@@ -804,9 +804,15 @@ impl RingWriter {
     pub fn write_raw(&mut self, segments: &[&[u8]]) -> Result<(), WriteError> {
         self.check_sticky().map_err(WriteError::Corrupt)?;
         let total = segments.iter().fold(0usize, |acc, s| acc.saturating_add(s.len()));
+        // Bound `total` before rounding it up: a saturated sum near
+        // usize::MAX would overflow `div_ceil(8) * 8` (a panic in debug builds).
+        if total < DESCRIPTOR_SIZE || total > MAX_PACKET_LEN {
+            return Err(WriteError::TooLarge { len: total });
+        }
+        // MAX_PACKET_LEN is a multiple of 8, so padded <= MAX_PACKET_LEN.
         let padded = total.div_ceil(8) * 8;
         let needed = padded + TRAILER_SIZE;
-        if total < DESCRIPTOR_SIZE || padded > MAX_PACKET_LEN || needed >= self.state.mem.data_size as usize {
+        if needed >= self.state.mem.data_size as usize {
             return Err(WriteError::TooLarge { len: total });
         }
         let needed = needed as u32;
