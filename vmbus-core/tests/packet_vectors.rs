@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::mem::{offset_of, size_of};
+use std::sync::OnceLock;
 
 mod common;
 
@@ -13,8 +14,11 @@ use vmbus_core::packet::*;
 use vmbus_core::ring::OwnedRing;
 use zerocopy::{FromBytes, IntoBytes};
 
-fn vectors_file() -> Value {
-    common::load("ring-packets.json")
+/// The vector file, parsed once for all tests (parsing dominates the run
+/// time under Miri, see ci/miri).
+fn vectors_file() -> &'static Value {
+    static FILE: OnceLock<Value> = OnceLock::new();
+    FILE.get_or_init(|| common::load("ring-packets.json"))
 }
 
 fn hex(s: &str) -> Vec<u8> {
