@@ -7,6 +7,12 @@
 //!
 //! `cargo bench -p vmbus-core --bench ring` (about a minute) or
 //! `cargo bench -p vmbus-core --bench ring -- --quick` (CI smoke run).
+//! `-- --size 64` (repeatable) limits the run to those payload sizes and
+//! `-- --threads 1` to one mode, e.g. for profiling one row.
+//! `-- --count N --size S [--batch B]` runs exactly N packets per batch size through
+//! one thread and prints no table: for instruction counts under
+//! `valgrind --tool=callgrind` (run two counts; the difference divided by
+//! the packet difference is the cost per packet, free of timer noise).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,6 +84,24 @@ fn one_thread(size: usize, batch: usize, duration: Duration) -> Result {
         elapsed = start.elapsed();
     }
     Result { packets, elapsed, signals: ring.writer.counters().signals }
+}
+
+/// `one_thread` for a fixed number of packets (no clock reads).
+fn one_thread_count(size: usize, batch: usize, count: u64) -> u64 {
+    let mut ring = OwnedRing::new(RING_PAGES).unwrap();
+    let payload = vec![0x5Au8; size];
+    let header = inband_header(PacketType::DATA_INBAND, 0, 1, size).unwrap();
+    let mut buf = vec![0u8; size + 64];
+    let mut packets = 0u64;
+    while packets < count {
+        let n = write_batch(&mut ring.writer, &header, &payload, batch);
+        ring.writer.commit().unwrap();
+        let m = read_batch(&mut ring.reader, &mut buf, usize::MAX);
+        assert_eq!(n, m);
+        ring.reader.commit().unwrap();
+        packets += m as u64;
+    }
+    packets
 }
 
 fn two_threads(size: usize, batch: usize, duration: Duration) -> Result {
@@ -191,18 +215,33 @@ fn human_rate(v: f64) -> String {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // Values following `flag` (e.g. `--size 64 --size 256`).
+    let values = |flag: &str| -> Vec<usize> {
+        args.windows(2).filter(|w| w[0] == flag).filter_map(|w| w[1].parse().ok()).collect()
+    };
+    let (sizes, thread_modes, batches) = (values("--size"), values("--threads"), values("--batch"));
+    if let Some(&count) = values("--count").first() {
+        for &size in SIZES.iter().filter(|s| sizes.is_empty() || sizes.contains(s)) {
+            for &batch in BATCHES.iter().filter(|b| batches.is_empty() || batches.contains(b)) {
+                let packets = one_thread_count(size, batch, count as u64);
+                println!("size {size} batch {batch}: {packets} packets");
+            }
+        }
+        return;
+    }
     // 5 sizes x (memcpy + 2 batches x 2 modes) = 25 runs.
     let per_run = if quick { Duration::from_millis(20) } else { Duration::from_millis(1500) };
     println!("ring: {} KiB data area, plain mapping, {} per run", RING_PAGES * 4, humantime(per_run));
     println!();
     println!("| payload | batch | threads | packets/s | payload bytes/s | memcpy bytes/s | ring/memcpy | signals per 1000 pkts |");
     println!("|--------:|------:|--------:|----------:|----------------:|---------------:|------------:|----------------------:|");
-    for &size in &SIZES {
+    for &size in SIZES.iter().filter(|s| sizes.is_empty() || sizes.contains(s)) {
         let base = memcpy(size, per_run);
         let base_bps = base.pps() * size as f64;
         for &batch in &BATCHES {
-            for threads in [1, 2] {
+            for threads in [1, 2].into_iter().filter(|t| thread_modes.is_empty() || thread_modes.contains(t)) {
                 let r = if threads == 1 { one_thread(size, batch, per_run) } else { two_threads(size, batch, per_run) };
                 let bps = r.pps() * size as f64;
                 println!(

@@ -462,6 +462,9 @@ impl<'a> Iterator for GpaRangeIter<'a> {
 impl<'a> IncomingPacket<'a> {
     /// Parses one packet from a private copy. `bytes` must hold at least
     /// `len8 * 8` bytes (more, e.g. the trailer, is ignored).
+    // Inlined: the caller's Result is then built in place instead of being
+    // copied out of a callee's stack slot (the ring's read path).
+    #[inline]
     pub fn parse(bytes: &'a [u8]) -> Result<Self, PacketError> {
         let (desc, _) = PacketDescriptor::read_from_prefix(bytes)
             .map_err(|_| PacketError::Truncated { needed: DESCRIPTOR_SIZE, have: bytes.len() })?;

@@ -51,7 +51,8 @@
 
 // This module accesses shared memory through raw pointers and atomics
 // created from pointers; that needs `unsafe`, confined to RingMemory,
-// SharedControl and the two copy helpers.
+// SharedControl, the copy helpers and the contiguous fast paths of
+// `RingWriter::write_segments` and `RingReader::read_raw`.
 #![allow(unsafe_code)]
 
 use core::fmt;
@@ -450,6 +451,14 @@ impl RingMemory {
         SharedControl { header: self.header }
     }
 
+    /// Whether `len` bytes from `offset` (both < data_size) are contiguous in
+    /// the mapping: always for a double mapping, otherwise if they do not
+    /// cross the end (no overflow: both are below 2^31).
+    #[inline]
+    fn contiguous(&self, offset: u32, len: u32) -> bool {
+        self.double_mapped || offset + len <= self.data_size
+    }
+
     /// Copies `src` into the data area at `offset` (< data_size), wrapping.
     #[inline]
     fn copy_in(&self, offset: u32, src: &[u8]) {
@@ -488,6 +497,43 @@ impl RingMemory {
     }
 }
 
+/// `copy_nonoverlapping` for the short copies of the data path: lengths
+/// that are multiples of 8 up to 64 bytes (descriptors, small payloads)
+/// become fixed-size copies the compiler emits as a few inline moves,
+/// instead of a `memcpy` call that must first dispatch on the length.
+///
+/// # Safety
+///
+/// As `core::ptr::copy_nonoverlapping(src, dst, len)`.
+#[inline(always)]
+unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
+    /// A copy of exactly `N` bytes.
+    ///
+    /// # Safety
+    ///
+    /// As `core::ptr::copy_nonoverlapping(src, dst, N)`.
+    #[inline(always)]
+    unsafe fn fixed<const N: usize>(src: *const u8, dst: *mut u8) {
+        // SAFETY: the caller's contract with len == N.
+        unsafe { core::ptr::copy_nonoverlapping(src, dst, N) }
+    }
+    // SAFETY: the caller's contract; in every arm the length copied
+    // equals `len`.
+    unsafe {
+        match len {
+            8 => fixed::<8>(src, dst),
+            16 => fixed::<16>(src, dst),
+            24 => fixed::<24>(src, dst),
+            32 => fixed::<32>(src, dst),
+            40 => fixed::<40>(src, dst),
+            48 => fixed::<48>(src, dst),
+            56 => fixed::<56>(src, dst),
+            64 => fixed::<64>(src, dst),
+            _ => core::ptr::copy_nonoverlapping(src, dst, len),
+        }
+    }
+}
+
 /// Production [`ControlWords`]: atomics created from the control page pointer.
 #[derive(Clone, Copy)]
 struct SharedControl {
@@ -497,8 +543,8 @@ struct SharedControl {
 impl SharedControl {
     #[inline]
     fn word(&self, offset: usize) -> &AtomicU32 {
-        // SAFETY: `offset` is one of the ring_control constants (< 4096,
-        // 4-aligned) and the header is 4096-aligned and valid for atomic
+        // SAFETY: `offset` is 4-aligned and < 4096 (a ring_control constant,
+        // or an offset RingPeer checked) and the header is 4096-aligned and valid for atomic
         // access while the RingMemory/half exists (RingMemory::new contract);
         // the returned reference does not outlive `self`, which lives no
         // longer than its half. Shared access through an AtomicU32 is the
@@ -780,36 +826,60 @@ impl RingWriter {
     /// to the reader until [`commit`](Self::commit).
     pub fn write(&mut self, segments: &[&[u8]]) -> Result<(), WriteError> {
         let mut desc = [0u8; DESCRIPTOR_SIZE];
-        let mut filled = 0;
-        for seg in segments {
-            if filled == DESCRIPTOR_SIZE {
-                break;
+        // Common case: the first segment holds the whole descriptor.
+        match segments.first().and_then(|s| s.get(..DESCRIPTOR_SIZE)) {
+            Some(head) => desc.copy_from_slice(head),
+            None => {
+                let mut filled = 0;
+                for seg in segments {
+                    if filled == DESCRIPTOR_SIZE {
+                        break;
+                    }
+                    let n = seg.len().min(DESCRIPTOR_SIZE - filled);
+                    desc[filled..filled + n].copy_from_slice(&seg[..n]);
+                    filled += n;
+                }
+                if filled < DESCRIPTOR_SIZE {
+                    return Err(WriteError::BadDescriptor);
+                }
             }
-            let n = seg.len().min(DESCRIPTOR_SIZE - filled);
-            desc[filled..filled + n].copy_from_slice(&seg[..n]);
-            filled += n;
         }
         let total = segments.iter().fold(0usize, |acc, s| acc.saturating_add(s.len()));
         let offset8 = u16::from_le_bytes([desc[2], desc[3]]);
         let len8 = u16::from_le_bytes([desc[4], desc[5]]);
-        if filled < DESCRIPTOR_SIZE || offset8 < 2 || offset8 > len8 || len8 as usize != total.div_ceil(8) {
+        if offset8 < 2 || offset8 > len8 || len8 as usize != total.div_ceil(8) {
             return Err(WriteError::BadDescriptor);
         }
-        self.write_raw(segments)
+        self.write_segments(segments, total)
     }
 
     /// Like [`write`](Self::write) but without checking the descriptor, so a
     /// test or a simulated host can inject malformed packets. The packet
     /// length still has to be at least 16 and fit the ring.
     pub fn write_raw(&mut self, segments: &[&[u8]]) -> Result<(), WriteError> {
-        self.check_sticky().map_err(WriteError::Corrupt)?;
         let total = segments.iter().fold(0usize, |acc, s| acc.saturating_add(s.len()));
+        self.write_segments(segments, total)
+    }
+
+    /// Writes a packet of `total` bytes (the sum of the segment lengths).
+    #[inline]
+    fn write_segments(&mut self, segments: &[&[u8]], total: usize) -> Result<(), WriteError> {
+        self.check_sticky().map_err(WriteError::Corrupt)?;
+        // Bound `total` before rounding it up: a saturated sum near
+        // usize::MAX would overflow `div_ceil(8) * 8` (a panic in debug builds).
+        if !(DESCRIPTOR_SIZE..=MAX_PACKET_LEN).contains(&total) {
+            return Err(WriteError::TooLarge { len: total });
+        }
+        // MAX_PACKET_LEN is a multiple of 8, so padded <= MAX_PACKET_LEN.
         let padded = total.div_ceil(8) * 8;
         let needed = padded + TRAILER_SIZE;
-        if total < DESCRIPTOR_SIZE || padded > MAX_PACKET_LEN || needed >= self.state.mem.data_size as usize {
+        if needed >= self.state.mem.data_size as usize {
             return Err(WriteError::TooLarge { len: total });
         }
         let needed = needed as u32;
+        // The cached read index is at or behind the real one, so the free
+        // space it gives is a lower bound: only when it is too small do we
+        // load (and validate) the peer's index again.
         if self.free_with(self.state.cached_read) <= needed {
             self.refresh_read().map_err(WriteError::Corrupt)?;
             let free = self.free_with(self.state.cached_read);
@@ -822,17 +892,42 @@ impl RingWriter {
         let s = &mut *self.state;
         let size = s.mem.data_size;
         let start = s.next_write;
-        let mut pos = start;
-        for seg in segments.iter().filter(|s| !s.is_empty()) {
-            s.mem.copy_in(pos, seg);
-            pos = advance(pos, seg.len() as u32, size);
+        let trailer = (start as u64) << 32;
+        if s.mem.contiguous(start, needed) {
+            let pad = padded - total;
+            // SAFETY: `start` < size is our own index and `needed` < size
+            // bytes from it are inside the mapping (`contiguous`). `start`
+            // and `padded` are multiples of 8 and the data area is
+            // page-aligned, so the two u64 stores are aligned. The segments
+            // are private memory (they cannot overlap the shared mapping)
+            // and add up to `total` = `padded - pad` bytes. The zero qword
+            // for the padding is stored first and then partly overwritten
+            // by the packet's last bytes. Raw stores: see the module docs.
+            unsafe {
+                let dst = s.mem.data.as_ptr().add(start as usize);
+                if pad != 0 {
+                    dst.add(padded - 8).cast::<u64>().write(0);
+                }
+                let mut at = 0;
+                for seg in segments {
+                    copy_bytes(seg.as_ptr(), dst.add(at), seg.len());
+                    at += seg.len();
+                }
+                dst.add(padded).cast::<u64>().write(trailer.to_le());
+            }
+        } else {
+            let mut pos = start;
+            for seg in segments.iter().filter(|s| !s.is_empty()) {
+                s.mem.copy_in(pos, seg);
+                pos = advance(pos, seg.len() as u32, size);
+            }
+            let pad = padded - total;
+            if pad != 0 {
+                s.mem.copy_in(pos, &[0u8; 8][..pad]);
+                pos = advance(pos, pad as u32, size);
+            }
+            s.mem.copy_in(pos, &trailer.to_le_bytes());
         }
-        let pad = padded - total;
-        if pad != 0 {
-            s.mem.copy_in(pos, &[0u8; 8][..pad]);
-            pos = advance(pos, pad as u32, size);
-        }
-        s.mem.copy_in(pos, &((start as u64) << 32).to_le_bytes());
         s.next_write = advance(start, needed, size);
         s.counters.packets += 1;
         s.counters.bytes += padded as u64;
@@ -1032,7 +1127,17 @@ impl RingReader {
             return Err(ReadError::Corrupt(self.fail(Corruption::PacketBeyondWriteIndex { needed: min, available })));
         }
         let start = self.state.next_read;
-        self.state.mem.copy_out(start, &mut desc);
+        if self.state.mem.contiguous(start, DESCRIPTOR_SIZE as u32) {
+            // SAFETY: `start` < size is our own index and the 16 bytes from
+            // it are inside the mapping (`contiguous`); `desc` is private.
+            // A fixed-size copy compiles to two loads and stores.
+            unsafe {
+                let src = self.state.mem.data.as_ptr().add(start as usize);
+                core::ptr::copy_nonoverlapping(src, desc.as_mut_ptr(), DESCRIPTOR_SIZE);
+            }
+        } else {
+            self.state.mem.copy_out(start, &mut desc);
+        }
         let offset8 = u16::from_le_bytes([desc[2], desc[3]]);
         let len8 = u16::from_le_bytes([desc[4], desc[5]]);
         if len8 < 2 || offset8 < 2 || offset8 > len8 {
@@ -1051,9 +1156,19 @@ impl RingReader {
             s.counters.skipped += 1;
             return Err(ReadError::TooLarge { len });
         };
+        // The descriptor goes in from the validated private copy (no second
+        // fetch from shared memory); the rest is copied after it.
         let (head, rest) = dst.split_at_mut(DESCRIPTOR_SIZE);
         head.copy_from_slice(&desc);
-        s.mem.copy_out(advance(start, DESCRIPTOR_SIZE as u32, size), rest);
+        let rest_at = advance(start, DESCRIPTOR_SIZE as u32, size);
+        if s.mem.contiguous(rest_at, rest.len() as u32) {
+            // SAFETY: `rest_at` < size and the `len - 16` < size bytes from
+            // it are inside the mapping (`contiguous`); `rest` is private
+            // and exactly that long.
+            unsafe { copy_bytes(s.mem.data.as_ptr().add(rest_at as usize), rest.as_mut_ptr(), rest.len()) };
+        } else {
+            s.mem.copy_out(rest_at, rest);
+        }
         Ok(Some(len))
     }
 

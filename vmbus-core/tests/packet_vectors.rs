@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::mem::{offset_of, size_of};
+use std::sync::OnceLock;
 
 mod common;
 
@@ -13,8 +14,11 @@ use vmbus_core::packet::*;
 use vmbus_core::ring::OwnedRing;
 use zerocopy::{FromBytes, IntoBytes};
 
-fn vectors_file() -> Value {
-    common::load("ring-packets.json")
+/// The vector file, parsed once for all tests (parsing dominates the run
+/// time under Miri, see ci/miri).
+fn vectors_file() -> &'static Value {
+    static FILE: OnceLock<Value> = OnceLock::new();
+    FILE.get_or_init(|| common::load("ring-packets.json"))
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -94,7 +98,7 @@ fn descriptor_vectors() {
     for (name, ptype) in
         [("desc_inband_completion_requested", PacketType::DATA_INBAND), ("desc_completion", PacketType::COMPLETION)]
     {
-        let mut v = vector(&file, name);
+        let mut v = vector(file, name);
         let d = PacketDescriptor::read_from_bytes(&v.bytes).unwrap();
         assert_eq!(d.packet_type.get() as u64, v.int("type"));
         assert_eq!(PacketType(d.packet_type.get()), ptype);
@@ -124,7 +128,7 @@ fn descriptor_vectors() {
 fn ring_inband_vectors() {
     let file = vectors_file();
     for name in ["ring_inband_nvsp_init", "ring_inband_heartbeat_response_padded"] {
-        let mut v = vector(&file, name);
+        let mut v = vector(file, name);
         assert_eq!(v.v["struct"], "vmpacket_descriptor");
         let trailer_off = v.offset("trailer");
         let trailer = v.int("trailer");
@@ -169,7 +173,7 @@ fn ring_inband_vectors() {
 #[test]
 fn transfer_page_vector() {
     let file = vectors_file();
-    let mut v = vector(&file, "xfer_page_header_1_range");
+    let mut v = vector(file, "xfer_page_header_1_range");
     let full = padded_to_len8(&v.bytes);
     let p = IncomingPacket::parse(&full).unwrap();
     assert_eq!(p.packet_type, PacketType::DATA_TRANSFER_PAGES);
@@ -220,7 +224,7 @@ fn gpa_direct_vectors() {
         ),
     ];
     for (name, ranges) in cases {
-        let mut v = vector(&file, name);
+        let mut v = vector(file, name);
         let full = padded_to_len8(&v.bytes);
         let p = IncomingPacket::parse(&full).unwrap();
         assert_eq!(p.packet_type, PacketType::DATA_GPA_DIRECT);
@@ -266,7 +270,7 @@ fn gpa_direct_vectors() {
 #[test]
 fn control_page_vector() {
     let file = vectors_file();
-    let mut v = vector(&file, "ring_buffer_control_page");
+    let mut v = vector(file, "ring_buffer_control_page");
     let page = RingControlPage::read_from_bytes(&v.bytes).unwrap();
     assert_eq!(page.write_index.get() as u64, v.int("write_index"));
     assert_eq!(page.read_index.get() as u64, v.int("read_index"));
@@ -302,7 +306,7 @@ fn off(l: &Value, field: &str) -> usize {
 #[test]
 fn layouts() {
     let file = vectors_file();
-    let d = layout(&file, "vmpacket_descriptor", None);
+    let d = layout(file, "vmpacket_descriptor", None);
     assert_eq!(d["size"].as_u64().unwrap() as usize, size_of::<PacketDescriptor>());
     assert_eq!(off(d, "type"), offset_of!(PacketDescriptor, packet_type));
     assert_eq!(off(d, "offset8"), offset_of!(PacketDescriptor, offset8));
@@ -310,31 +314,31 @@ fn layouts() {
     assert_eq!(off(d, "flags"), offset_of!(PacketDescriptor, flags));
     assert_eq!(off(d, "trans_id"), offset_of!(PacketDescriptor, trans_id));
 
-    let t = layout(&file, "vmtransfer_page_packet_header", Some("linux-newer"));
+    let t = layout(file, "vmtransfer_page_packet_header", Some("linux-newer"));
     assert_eq!(t["size"].as_u64().unwrap() as usize, size_of::<TransferPageHeader>());
     assert_eq!(off(t, "xfer_pageset_id"), offset_of!(TransferPageHeader, transfer_page_set_id));
     assert_eq!(off(t, "sender_owns_set"), offset_of!(TransferPageHeader, sender_owns_set));
     assert_eq!(off(t, "reserved"), offset_of!(TransferPageHeader, reserved));
     assert_eq!(off(t, "range_cnt"), offset_of!(TransferPageHeader, range_count));
     assert_eq!(off(t, "ranges[]"), size_of::<TransferPageHeader>());
-    let r = layout(&file, "vmtransfer_page_range", None);
+    let r = layout(file, "vmtransfer_page_range", None);
     assert_eq!(r["size"].as_u64().unwrap() as usize, size_of::<TransferPageRange>());
     assert_eq!(off(r, "byte_offset"), offset_of!(TransferPageRange, byte_offset));
 
-    let g = layout(&file, "vmdata_gpa_direct", None);
+    let g = layout(file, "vmdata_gpa_direct", None);
     assert_eq!(off(g, "reserved"), offset_of!(GpaDirectHeader, reserved));
     assert_eq!(off(g, "range_cnt"), offset_of!(GpaDirectHeader, range_count));
     assert_eq!(off(g, "range"), size_of::<GpaDirectHeader>());
-    let m = layout(&file, "hv_mpb_array", None);
+    let m = layout(file, "hv_mpb_array", None);
     assert_eq!(m["size"].as_u64().unwrap() as usize, size_of::<GpaRangeHeader>());
     assert_eq!(off(m, "offset"), offset_of!(GpaRangeHeader, offset));
     assert_eq!(off(m, "pfn_array[]"), size_of::<GpaRangeHeader>());
     assert_eq!(m["fields"]["pfn_array[]"]["element_size"].as_u64().unwrap(), 8);
-    let mpb = layout(&file, "vmbus_packet_mpb_array", None);
+    let mpb = layout(file, "vmbus_packet_mpb_array", None);
     assert_eq!(off(mpb, "rangecount"), offset_of!(GpaDirectHeader, range_count));
     assert_eq!(off(mpb, "range"), size_of::<GpaDirectHeader>());
 
-    let c = layout(&file, "hv_ring_buffer", None);
+    let c = layout(file, "hv_ring_buffer", None);
     assert_eq!(c["size"].as_u64().unwrap() as usize, size_of::<RingControlPage>());
     assert_eq!(off(c, "write_index"), ring_control::WRITE_INDEX);
     assert_eq!(off(c, "read_index"), ring_control::READ_INDEX);

@@ -90,6 +90,7 @@ fn halves(m: &DoubleMapped, start: u32) -> (RingWriter, RingReader) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri cannot run memfd_create/mmap (no aliased double mapping)")]
 fn alias_is_real() {
     let m = DoubleMapped::new(8192);
     m.set_data_byte(5, 0x5A);
@@ -99,6 +100,7 @@ fn alias_is_real() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "Miri cannot run memfd_create/mmap (no aliased double mapping)")]
 fn wrap_around_double_mapping() {
     for start in [8192 - 8, 8192 - 16, 8192 - 24, 8192 - 200] {
         let m = DoubleMapped::new(8192);
@@ -124,6 +126,7 @@ fn wrap_around_double_mapping() {
 /// mapped ring leaves identical ring bytes and identical packets, across
 /// many wraps.
 #[test]
+#[cfg_attr(miri, ignore = "Miri cannot run memfd_create/mmap (no aliased double mapping)")]
 fn double_and_plain_agree_across_wraps() {
     let m = DoubleMapped::new(8192);
     let (mut dw, mut dr) = halves(&m, 0);

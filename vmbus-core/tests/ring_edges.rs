@@ -617,3 +617,36 @@ fn outcome_helpers() {
     assert!(ReadError::Corrupt(Corruption::WriteIndexUnaligned { value: 1 }).is_corrupt());
     assert!(!ReadError::TooLarge { len: 8 }.is_corrupt());
 }
+
+/// The exact ring bytes of a packet: segments, zero padding to 8 (even over
+/// stale bytes), trailer; the same whether the packet is contiguous (fast
+/// path) or wraps (per-piece copies), for every padding length.
+#[test]
+fn packet_bytes_padding_and_trailer_over_stale_data() {
+    for body_len in 0..=17usize {
+        for start in [0u32, 256, 4096 - 16, 4096 - 40] {
+            let mut ring = ring_at(1, start);
+            ring.poke_data(0, &[0xEE; 4096]);
+            let body = payload(body_len as u8, body_len);
+            write_inband(&mut ring, 9, &body).unwrap();
+            let padded = (16 + body_len).div_ceil(8) * 8;
+            let mut want = inband_header(PacketType::DATA_INBAND, 0, 9, body_len).unwrap().to_vec();
+            want.extend_from_slice(&body);
+            want.resize(padded, 0);
+            want.extend_from_slice(&((start as u64) << 32).to_le_bytes());
+            let got: Vec<u8> = (0..want.len())
+                .map(|i| {
+                    let mut one = [0u8; 1];
+                    ring.peek_data((start as usize + i) % 4096, &mut one);
+                    one[0]
+                })
+                .collect();
+            assert_eq!(got, want, "body_len {body_len}, start {start}");
+            // The byte after the trailer is untouched.
+            let mut after = [0u8; 1];
+            ring.peek_data((start as usize + want.len()) % 4096, &mut after);
+            assert_eq!(after[0], 0xEE);
+            assert_eq!(ring.writer.uncommitted_bytes() as usize, want.len());
+        }
+    }
+}

@@ -59,11 +59,17 @@ impl Model {
     }
 }
 
+/// Cases per property, operations per case and random ring bytes: smaller
+/// under Miri (ci/miri), which interprets every byte proptest generates.
+const CASES: u32 = if cfg!(miri) { 4 } else { 256 };
+const MAX_OPS: usize = if cfg!(miri) { 40 } else { 300 };
+const MAX_RANDOM_DATA: usize = if cfg!(miri) { 512 } else { 8192 };
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: CASES, ..ProptestConfig::default() })]
 
     #[test]
-    fn ring_matches_model(start8 in 0u32..1024, ops in proptest::collection::vec(op(), 1..300)) {
+    fn ring_matches_model(start8 in 0u32..1024, ops in proptest::collection::vec(op(), 1..MAX_OPS)) {
         const SIZE: u32 = 8192;
         let start = start8 * 8;
         let mut control = vec![0u8; 4096];
@@ -144,7 +150,7 @@ proptest! {
         pending in any::<u32>(),
         features in any::<u32>(),
         mask in any::<u32>(),
-        data in proptest::collection::vec(any::<u8>(), 0..8192),
+        data in proptest::collection::vec(any::<u8>(), 0..MAX_RANDOM_DATA),
         buf_len in 0usize..2048,
     ) {
         let mut control = vec![0u8; 4096];
