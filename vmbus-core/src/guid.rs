@@ -65,10 +65,13 @@ impl Guid {
         ))
     }
 
-    /// `parse` for constants: fails the build on a malformed literal.
+    /// `parse` for `const` items: a malformed literal fails the build. Never
+    /// call it on text read at run time (that is what [`Guid::parse`] is for);
+    /// no host input reaches it.
     pub const fn must(text: &str) -> Guid {
         match Guid::parse(text) {
             Some(g) => g,
+            // Evaluated at compile time for every caller in the project.
             None => panic!("malformed GUID literal"),
         }
     }

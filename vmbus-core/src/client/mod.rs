@@ -1256,7 +1256,8 @@ impl<S: AsRef<[ChannelSlot]> + AsMut<[ChannelSlot]>> Client<S> {
     }
 }
 
-#[cfg(all(test, feature = "alloc"))]
+#[cfg(test)]
+#[cfg(feature = "alloc")]
 mod tests {
     use super::*;
 
